@@ -1,0 +1,240 @@
+"""Stage-two configuration: plain dataclasses, loaded from TOML with `--set a.b=value` overrides.
+
+Unknown keys and values of the wrong type are errors naming the key, so a typo in a config never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed."""
+
+
+@dataclass
+class DataConfig:
+    fps: float = 10.0  # feature-set frame rate the run expects
+    stride: int = 4  # frames per feature step the run expects
+    feature_key: str = ""  # when set, training refuses any other feature set
+    window: int = 128  # W: feature steps per window
+    train_overlap: float = 0.75  # overlap of training windows
+    keep_background: bool = False  # also train on windows without a complete instance
+    use_res4: bool = False  # also feed the cached res4 features
+
+
+@dataclass
+class MambaConfig:
+    layers: int = 2  # M: pre-norm residual Mamba blocks before the MHSA
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    order: str = "index"  # "index" | "centre": order of the queries along the scan
+    bidirectional: bool = False
+    backend: str = "auto"  # "auto" | "torch" | "cuda"
+
+
+@dataclass
+class ModelConfig:
+    hidden_dim: int = 512  # D
+    num_queries: int = 48  # Nq
+    num_points: int = 30  # Ns
+    num_layers: int = 4  # L decoder layers
+    num_subpoints: int = 4  # deformable sub-points per point
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    mix_dim: int = 64  # channel-mix bottleneck (D -> 64 -> D)
+    dropout: float = 0.1
+    query_mixer: str = "mamba_mhsa"  # "mamba_mhsa" | "mhsa" (the PointTAD baseline)
+    mamba: MambaConfig = field(default_factory=MambaConfig)
+
+
+@dataclass
+class LossConfig:
+    cost_class: float = 10.0
+    cost_l1: float = 5.0
+    cost_iou: float = 5.0
+    class_weight: float = 1.0
+    background_weight: float = 0.1
+    focal: bool = False  # sigmoid focal loss instead of softmax CE
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    l1_weight: float = 5.0
+    iou_weight: float = 5.0
+    dense_weight: float = 10.0
+    aux: bool = True  # losses on every decoder layer
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    lr_step: int = 10  # epochs between lr halvings
+    lr_gamma: float = 0.5
+    clip_grad: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    num_workers: int = 0
+    select_metric: str = "f1_miga"  # best checkpoint on val by this metric
+
+
+@dataclass
+class EvalConfig:
+    nms_iou: float = 0.5  # per-class NMS tIoU; 1.0 disables NMS
+    max_per_video: int = 2000
+    score_threshold: float = -1.0  # < 0: use the threshold tuned on val and stored with the run
+    match_iou: float = 0.3  # MiGA F1 threshold
+    iou_thresholds: list[float] = field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    )
+
+
+@dataclass
+class Config:
+    name: str = "mgdet"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting int to float where a float is due."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not a {tp}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected none, got {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (`3`, `1e-4`, `true`, `"x"`, `[1, 2]`), or the bare text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {p} is not a table")
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data, "")
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file at `path`, then `section.key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: config file not found") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from e
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        _set_nested(data, key.strip(), _parse_value(value.strip()))
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from e
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Write a nested dict of scalars, lists and tables as TOML (enough for our configs)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise ConfigError(f"cannot write {v!r} as TOML")
+
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        plain = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in d.items() if isinstance(v, dict)}
+        if prefix and plain:
+            lines.append(f"[{prefix}]")
+        for k, v in plain.items():
+            lines.append(f"{k} = {scalar(v)}")
+        if plain:
+            lines.append("")
+        for k, v in subs.items():
+            table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(lines)

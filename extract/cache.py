@@ -1,0 +1,276 @@
+"""The feature cache: the contract between stage one (extract) and stage two (detect).
+
+Layout::
+
+    ROOT/<key>/featureset.json     settings that produced the numbers, and the key
+    ROOT/<key>/<video_id>.h5       one file per video (see `write_video`)
+    ROOT/<key>/failures.json       videos that could not be extracted, with reasons
+
+`<key>` is readable and ends in a short hash of every setting that changes the numbers, so
+different settings never mix and any number of training runs reuse one feature set.
+
+Feature i of a video covers the 10 fps frames [i*stride, (i+1)*stride); its timestamp is the
+centre of that interval in seconds, (i + 0.5) * stride / fps. Stage two maps window positions to
+seconds with the same convention (`feature_timestamps`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+FEATURESET_FILE = "featureset.json"
+FAILURES_FILE = "failures.json"
+H5_SUFFIX = ".h5"
+
+
+class CacheError(ValueError):
+    """A feature file or feature set is missing, malformed or inconsistent."""
+
+
+@dataclass
+class FeatureMeta:
+    """Attributes stored on every per-video HDF5 file."""
+
+    video_id: str
+    fps: float
+    stride: int
+    source_path: str
+    source_fps: float
+    duration: float
+    num_frames: int
+    model: str
+    weights: str
+    weights_sha256: str
+    layers: list[str]
+    mgdet_version: str
+    # Extra attributes (source size and mtime for resume, decoder versions, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VideoFeatures:
+    """One video's cached features.
+
+    features: (T, C) float32; res4: (T, 1024) float32 or None; timestamps: (T,) float64 seconds.
+    """
+
+    meta: FeatureMeta
+    features: np.ndarray
+    timestamps: np.ndarray
+    res4: np.ndarray | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.features.shape[0])
+
+
+def feature_timestamps(num_steps: int, stride: int, fps: float) -> np.ndarray:
+    """Centre time in seconds of each of `num_steps` features, (T,) float64."""
+    return (np.arange(num_steps, dtype=np.float64) + 0.5) * (stride / fps)
+
+
+def settings_key(name: str, settings: dict[str, Any], digits: int = 10) -> str:
+    """A readable key ending in a short hash of `settings` (any JSON-serialisable dict)."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:digits]
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return f"{safe}-{digest}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path`: readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_video(
+    path: Path,
+    features: np.ndarray,
+    timestamps: np.ndarray,
+    meta: FeatureMeta,
+    res4: np.ndarray | None = None,
+    dtype: str = "float16",
+) -> None:
+    """Write one video's features atomically (temporary file, flush, fsync, rename).
+
+    features: (T, C); timestamps: (T,); res4: (T, C4) or None. A `kill -9` at any moment leaves
+    either no file or the complete file at `path`.
+    """
+    path = Path(path)
+    features = np.asarray(features)
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    if features.ndim != 2 or timestamps.shape != (features.shape[0],):
+        raise CacheError(
+            f"{path}: features must be (T, C) with (T,) timestamps, got {features.shape} "
+            f"and {timestamps.shape}"
+        )
+    if res4 is not None and (res4.ndim != 2 or res4.shape[0] != features.shape[0]):
+        raise CacheError(f"{path}: res4 features {res4.shape} do not match {features.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=features.astype(dtype))
+            if res4 is not None:
+                f.create_dataset("features_res4", data=res4.astype(dtype))
+            f.create_dataset("timestamps", data=timestamps)
+            attrs = asdict(meta)
+            extra = attrs.pop("extra")
+            attrs["layers"] = json.dumps(list(meta.layers))
+            attrs["extra"] = json.dumps(extra, sort_keys=True)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_meta(path: Path) -> FeatureMeta:
+    """Read only the attributes of a per-video file (cheap: no feature data)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return _meta_from_attrs(path, f.attrs)
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable HDF5 feature file ({e})") from e
+
+
+def _meta_from_attrs(path: Path, attrs: Any) -> FeatureMeta:
+    values: dict[str, Any] = {}
+    for fld in fields(FeatureMeta):
+        if fld.name not in attrs:
+            if fld.name == "extra":
+                values["extra"] = {}
+                continue
+            raise CacheError(f"{path}: attribute {fld.name!r} is missing")
+        v = attrs[fld.name]
+        if isinstance(v, bytes):
+            v = v.decode()
+        if isinstance(v, np.generic):
+            v = v.item()
+        values[fld.name] = v
+    values["layers"] = json.loads(values["layers"])
+    values["extra"] = json.loads(values["extra"]) if isinstance(values["extra"], str) else {}
+    values["stride"] = int(values["stride"])
+    values["num_frames"] = int(values["num_frames"])
+    for k in ("fps", "source_fps", "duration"):
+        values[k] = float(values[k])
+    return FeatureMeta(**values)
+
+
+def read_video(path: Path, with_res4: bool = False) -> VideoFeatures:
+    """Read one per-video file and check it is consistent. Features come back as float32."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable HDF5 feature file ({e})") from e
+    with f:
+        meta = _meta_from_attrs(path, f.attrs)
+        for name in ("features", "timestamps"):
+            if name not in f:
+                raise CacheError(f"{path}: dataset {name!r} is missing")
+        feats = f["features"][()].astype(np.float32)
+        ts = f["timestamps"][()].astype(np.float64)
+        res4 = None
+        if with_res4:
+            if "features_res4" not in f:
+                raise CacheError(f"{path}: dataset 'features_res4' is missing (extract with res4)")
+            res4 = f["features_res4"][()].astype(np.float32)
+    if feats.ndim != 2 or ts.shape != (feats.shape[0],):
+        raise CacheError(f"{path}: features {feats.shape} and timestamps {ts.shape} disagree")
+    if not np.all(np.isfinite(feats)):
+        raise CacheError(f"{path}: features hold NaN or inf")
+    return VideoFeatures(meta=meta, features=feats, timestamps=ts, res4=res4)
+
+
+@dataclass
+class FeatureSet:
+    """A folder `ROOT/<key>/` of per-video files made with one set of settings."""
+
+    path: Path
+    key: str
+    settings: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path) -> FeatureSet:
+        path = Path(path)
+        info = path / FEATURESET_FILE
+        if not info.is_file():
+            raise CacheError(f"{path}: not a feature set ({FEATURESET_FILE} is missing)")
+        try:
+            data = json.loads(info.read_text())
+            return cls(path=path, key=str(data["key"]), settings=dict(data["settings"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CacheError(f"{info}: malformed feature-set description ({e})") from e
+
+    @classmethod
+    def create(cls, root: Path, name: str, settings: dict[str, Any]) -> FeatureSet:
+        """Open or create the feature set for `settings` under `root` (key from `settings_key`)."""
+        key = settings_key(name, settings)
+        path = Path(root) / key
+        info = path / FEATURESET_FILE
+        if info.is_file():
+            fs = cls.open(path)
+            if fs.settings != json.loads(json.dumps(settings)):
+                raise CacheError(f"{info}: settings differ from this run's with the same key")
+            return fs
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(info, {"key": key, "settings": settings})
+        return cls(path=path, key=key, settings=settings)
+
+    @property
+    def fps(self) -> float:
+        return float(self.settings["fps"])
+
+    @property
+    def stride(self) -> int:
+        return int(self.settings["stride"])
+
+    def video_path(self, video_id: str) -> Path:
+        return self.path / f"{video_id}{H5_SUFFIX}"
+
+    def video_ids(self) -> list[str]:
+        """Ids of the finished videos, sorted (temporary files are not listed)."""
+        return sorted(p.stem for p in self.path.glob(f"*{H5_SUFFIX}") if not p.name.startswith("."))
+
+    def has(self, video_id: str) -> bool:
+        return self.video_path(video_id).is_file()
+
+    def load(self, video_id: str, with_res4: bool = False) -> VideoFeatures:
+        p = self.video_path(video_id)
+        if not p.is_file():
+            raise CacheError(f"{self.path}: no features for video {video_id!r}")
+        return read_video(p, with_res4=with_res4)
+
+    def failures(self) -> dict[str, str]:
+        p = self.path / FAILURES_FILE
+        return json.loads(p.read_text()) if p.is_file() else {}

@@ -1,0 +1,59 @@
+import pytest
+
+from detect.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    to_toml,
+)
+
+
+def test_defaults_are_the_paper_settings():
+    c = Config()
+    assert (c.model.num_queries, c.model.num_points, c.model.num_layers) == (48, 30, 4)
+    assert c.model.mamba.layers == 2 and c.model.query_mixer == "mamba_mhsa"
+    assert c.data.window == 128 and c.train.lr == 1e-4
+
+
+def test_toml_and_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[model]\nhidden_dim = 256\n[model.mamba]\nbackend = "torch"\n')
+    c = load_config(p, ["train.lr=3e-4", "model.mamba.bidirectional=true", "name=abl"])
+    assert c.model.hidden_dim == 256 and c.model.mamba.backend == "torch"
+    assert c.train.lr == 3e-4 and c.model.mamba.bidirectional is True and c.name == "abl"
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, msg",
+    [
+        ("model.hiden_dim=3", "unknown key"),
+        ("modle.x=3", "unknown key"),
+        ("model.hidden_dim=1.5", "model.hidden_dim"),
+        ("train.amp=1", "train.amp"),
+        ("nokey", "section.key=value"),
+    ],
+)
+def test_bad_overrides_are_errors(override, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_file_names_file(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[data]\nwindw = 3\n")
+    with pytest.raises(ConfigError, match="bad.toml.*windw"):
+        load_config(p)
+
+
+def test_resolved_config_roundtrips_through_toml(tmp_path):
+    c = load_config(None, ["model.hidden_dim=64", "eval.iou_thresholds=[0.5]"])
+    p = tmp_path / "resolved.toml"
+    p.write_text(to_toml(config_to_dict(c)))
+    assert load_config(p) == c
+    assert config_from_dict(config_to_dict(c)) == c
