@@ -182,17 +182,39 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data, "")
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict; a top-level `base = "other.toml"` (relative to the file) is read
+    first and this file's keys override it, so ablations state only what they change."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: `base` chain loops back to itself")
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `base` must be a path string")
+    return _merge(read_toml(path.parent / base, (*_seen, path.resolve())), data)
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the TOML file at `path`, then `section.key=value` overrides."""
+    """Defaults, then the TOML at `path` (and its `base`), then `section.key=value` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: config file not found") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: {e}") from e
+        data = read_toml(path)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")

@@ -57,3 +57,23 @@ def test_resolved_config_roundtrips_through_toml(tmp_path):
     p.write_text(to_toml(config_to_dict(c)))
     assert load_config(p) == c
     assert config_from_dict(config_to_dict(c)) == c
+
+
+def test_base_chain_overrides_and_detects_loops(tmp_path):
+    (tmp_path / "a.toml").write_text('name = "a"\n[model]\nhidden_dim = 256\nnum_points = 20\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\nname = "b"\n[model]\nnum_points = 12\n')
+    c = load_config(tmp_path / "b.toml")
+    assert (c.name, c.model.hidden_dim, c.model.num_points) == ("b", 256, 12)
+    (tmp_path / "x.toml").write_text('base = "y.toml"\n')
+    (tmp_path / "y.toml").write_text('base = "x.toml"\n')
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "x.toml")
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    files = sorted(Path("configs").rglob("*.toml"))
+    assert len(files) >= 8
+    for f in files:
+        load_config(f)
