@@ -233,6 +233,20 @@ class FeatureSet:
             raise CacheError(f"{info}: malformed feature-set description ({e})") from e
 
     @classmethod
+    def find(cls, path: Path) -> FeatureSet:
+        """`path` itself when it is a feature set, else the single feature set directly under it."""
+        path = Path(path)
+        if (path / FEATURESET_FILE).is_file():
+            return cls.open(path)
+        found = sorted(p.parent for p in path.glob(f"*/{FEATURESET_FILE}"))
+        if len(found) == 1:
+            return cls.open(found[0])
+        if not found:
+            raise CacheError(f"{path}: no feature set here (no */{FEATURESET_FILE})")
+        names = ", ".join(p.name for p in found)
+        raise CacheError(f"{path}: holds several feature sets ({names}); name one of them")
+
+    @classmethod
     def create(cls, root: Path, name: str, settings: dict[str, Any]) -> FeatureSet:
         """Open or create the feature set for `settings` under `root` (key from `settings_key`)."""
         key = settings_key(name, settings)

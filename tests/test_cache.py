@@ -72,3 +72,14 @@ def test_feature_set_create_open(tmp_path):
 def test_atomic_json(tmp_path):
     atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+def test_find_single_or_named_feature_set(tmp_path):
+    with pytest.raises(CacheError, match="no feature set"):
+        FeatureSet.find(tmp_path)
+    a = FeatureSet.create(tmp_path, "i3d", {"fps": 10.0, "stride": 4})
+    assert FeatureSet.find(tmp_path).key == a.key
+    assert FeatureSet.find(a.path).key == a.key
+    FeatureSet.create(tmp_path, "i3d", {"fps": 10.0, "stride": 8})
+    with pytest.raises(CacheError, match="several"):
+        FeatureSet.find(tmp_path)
