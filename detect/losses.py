@@ -7,7 +7,8 @@ matching:
   targeting background (index C); class weights 1, background `cfg.background_weight`; PyTorch's
   weighted mean (divided by the sum of the per-query weights).
   With `cfg.focal`: sigmoid focal loss on the first C logits (background = all-zero target), summed
-  over queries and classes and divided by num_gt (Deformable DETR's normalisation).
+  over queries and classes and divided by num_gt (Deformable DETR's normalisation); the background
+  logit (index C) is then unused and gets no gradient.
 - `loss_l1`: L1 between matched (centre, length) pairs, unclamped, summed / num_gt.
 - `loss_iou`: 1 - tIoU of matched pairs (prediction clamped to [0, 1]), summed / num_gt.
 
