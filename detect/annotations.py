@@ -106,9 +106,7 @@ def _parse_video(path: Path, vid: str, entry: Any, classes: list[str]) -> VideoA
             raise AnnotationError(f"{where}: key {key!r} is missing")
     subset = entry["subset"]
     if subset not in SUBSETS:
-        raise AnnotationError(
-            f"{where}: subset {subset!r} is not one of {', '.join(SUBSETS)}"
-        )
+        raise AnnotationError(f"{where}: subset {subset!r} is not one of {', '.join(SUBSETS)}")
     duration = _number(entry["duration"], f"{where}, duration")
     if duration < 0:
         raise AnnotationError(f"{where}: negative duration {duration}")
@@ -133,9 +131,7 @@ def _parse_video(path: Path, vid: str, entry: Any, classes: list[str]) -> VideoA
         if isinstance(label_id, bool) or not isinstance(label_id, int):
             raise AnnotationError(f"{at}: label_id must be an integer, got {label_id!r}")
         if not 0 <= label_id < len(classes):
-            raise AnnotationError(
-                f"{at}: label_id {label_id} out of range [0, {len(classes)})"
-            )
+            raise AnnotationError(f"{at}: label_id {label_id} out of range [0, {len(classes)})")
         if classes[label_id] != label:
             raise AnnotationError(
                 f"{at}: label {label!r} and label_id {label_id} ({classes[label_id]!r}) disagree"
