@@ -170,3 +170,34 @@ def test_predictions_roundtrip_and_errors(tmp_path):
         assert str(p) in str(info.value) and "video 'v1'" in str(info.value)
     with pytest.raises(PredictionError, match="labels outside"):
         save_predictions(p, {"v": Detections([0], [1], [3], [0.5])}, CLASSES)
+
+
+def test_miga_csvs(tmp_path):
+    from detect.submission import SubmissionError, read_miga_csv, write_miga_csvs
+
+    db = {
+        "Sample0036": {"subset": "test", "duration": 10.0, "fps": 30.0, "annotations": []},
+        "Sample0037": {"subset": "test", "duration": 5.0, "fps": 25.0, "annotations": []},
+        "Sample0001": {"subset": "train", "duration": 5.0, "fps": 25.0, "annotations": []},
+    }
+    ann = parse_annotations({"classes": CLASSES, "database": db})
+    preds = {
+        # 3.34 s * 30 = 100.2 -> 100; 1.25 s -> 37.5 rounds half up to 38; 9.99 s -> 300 clamps
+        # to the last frame 299; a reversed rounding (end frame < start frame) cannot happen.
+        "Sample0036": Detections([3.34, 1.25, 9.9], [3.5, 2.0, 9.99], [2, 0, 1], [0.9, 0.8, 0.7]),
+        "Sample0001": Detections([1.0], [2.0], [0], [0.5]),
+    }
+    paths = write_miga_csvs(preds, ann, tmp_path / "sub", subset="test")
+    assert [p.name for p in paths] == ["Sample0036_prediction.csv", "Sample0037_prediction.csv"]
+    assert paths[0].read_text() == "1,38,60\n3,100,105\n2,297,299\n"
+    assert read_miga_csv(paths[0]).tolist() == [[1, 38, 60], [3, 100, 105], [2, 297, 299]]
+    assert paths[1].read_text() == "" and read_miga_csv(paths[1]).shape == (0, 3)
+    one = write_miga_csvs(preds, ann, tmp_path / "b", frame_base=1)
+    assert [p.name for p in one] == ["Sample0001_prediction.csv", "Sample0036_prediction.csv"]
+    assert read_miga_csv(one[1])[0].tolist() == [1, 39, 61]
+    with pytest.raises(SubmissionError, match="Sample0099"):
+        write_miga_csvs({"Sample0099": Detections.empty()}, ann, tmp_path / "c")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n4,9,5\n")
+    with pytest.raises(SubmissionError, match="bad.csv, line 2"):
+        read_miga_csv(bad)
