@@ -1,0 +1,211 @@
+"""Stage-two annotations: the canonical `annotations.json` every stage-two module reads.
+
+Format::
+
+    {"classes": [name, ...],
+     "database": {video_id: {"subset": "train" | "val" | "test",
+                             "duration": seconds, "fps": source fps,
+                             "annotations": [{"label": name, "label_id": 0-based int,
+                                              "segment": [start_s, end_s]}, ...]}}}
+
+Times are seconds of the source video. Zero-length segments (end == start, single-frame gestures)
+are allowed, and segments may overlap (co-occurring gestures). `fps` is the source frame rate,
+needed to write MiGA submissions in source frames.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.cache import FeatureSet, atomic_write_json
+
+SUBSETS = ("train", "val", "test")
+
+
+class AnnotationError(ValueError):
+    """An annotation file is malformed or does not fit the feature set."""
+
+
+@dataclass
+class VideoAnnotations:
+    """One video's ground truth. segments: (n, 2) float64 seconds; labels: (n,) int64."""
+
+    subset: str
+    duration: float
+    fps: float
+    segments: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class Annotations:
+    classes: list[str]
+    videos: dict[str, VideoAnnotations]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, name: str) -> Annotations:
+        """The videos of one subset ("train", "val" or "test"), same classes."""
+        if name not in SUBSETS:
+            raise AnnotationError(f"unknown subset {name!r}; expected one of {', '.join(SUBSETS)}")
+        return Annotations(
+            classes=list(self.classes),
+            videos={k: v for k, v in self.videos.items() if v.subset == name},
+        )
+
+    def video_ids(self) -> list[str]:
+        return sorted(self.videos)
+
+    def num_instances(self) -> int:
+        return sum(len(v) for v in self.videos.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        database = {}
+        for vid in self.video_ids():
+            v = self.videos[vid]
+            database[vid] = {
+                "subset": v.subset,
+                "duration": float(v.duration),
+                "fps": float(v.fps),
+                "annotations": [
+                    {
+                        "label": self.classes[int(lab)],
+                        "label_id": int(lab),
+                        "segment": [float(s), float(e)],
+                    }
+                    for (s, e), lab in zip(v.segments, v.labels, strict=True)
+                ],
+            }
+        return {"classes": list(self.classes), "database": database}
+
+
+def _number(value: Any, where: str) -> float:
+    # bool is an int in Python, but `true` as a time is certainly a mistake.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AnnotationError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_video(path: Path, vid: str, entry: Any, classes: list[str]) -> VideoAnnotations:
+    where = f"{path}: video {vid!r}"
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
+    for key in ("subset", "duration", "fps", "annotations"):
+        if key not in entry:
+            raise AnnotationError(f"{where}: key {key!r} is missing")
+    subset = entry["subset"]
+    if subset not in SUBSETS:
+        raise AnnotationError(f"{where}: subset {subset!r} is not one of {', '.join(SUBSETS)}")
+    duration = _number(entry["duration"], f"{where}, duration")
+    if duration < 0:
+        raise AnnotationError(f"{where}: negative duration {duration}")
+    fps = _number(entry["fps"], f"{where}, fps")
+    if fps <= 0:
+        raise AnnotationError(f"{where}: fps must be positive, got {fps}")
+    items = entry["annotations"]
+    if not isinstance(items, list):
+        raise AnnotationError(f"{where}: 'annotations' must be a list")
+    segments = np.zeros((len(items), 2), np.float64)
+    labels = np.zeros(len(items), np.int64)
+    for i, item in enumerate(items):
+        at = f"{where}, annotation {i}"
+        if not isinstance(item, dict):
+            raise AnnotationError(f"{at}: expected an object, got {item!r}")
+        for key in ("label", "label_id", "segment"):
+            if key not in item:
+                raise AnnotationError(f"{at}: key {key!r} is missing")
+        label, label_id, seg = item["label"], item["label_id"], item["segment"]
+        if label not in classes:
+            raise AnnotationError(f"{at}: unknown label {label!r}")
+        if isinstance(label_id, bool) or not isinstance(label_id, int):
+            raise AnnotationError(f"{at}: label_id must be an integer, got {label_id!r}")
+        if not 0 <= label_id < len(classes):
+            raise AnnotationError(f"{at}: label_id {label_id} out of range [0, {len(classes)})")
+        if classes[label_id] != label:
+            raise AnnotationError(
+                f"{at}: label {label!r} and label_id {label_id} ({classes[label_id]!r}) disagree"
+            )
+        if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+            raise AnnotationError(f"{at}: segment must be [start, end], got {seg!r}")
+        start = _number(seg[0], f"{at}, segment start")
+        end = _number(seg[1], f"{at}, segment end")
+        if start < 0:
+            raise AnnotationError(f"{at}: negative start time {start}")
+        if end < start:
+            raise AnnotationError(f"{at}: end {end} is before start {start}")
+        segments[i] = (start, end)
+        labels[i] = label_id
+    return VideoAnnotations(
+        subset=subset, duration=duration, fps=fps, segments=segments, labels=labels
+    )
+
+
+def parse_annotations(data: Any, path: Path | str = "<annotations>") -> Annotations:
+    """Check and convert an already-decoded annotation dict (`path` only names it in errors)."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: expected a JSON object at the top level")
+    for key in ("classes", "database"):
+        if key not in data:
+            raise AnnotationError(f"{path}: key {key!r} is missing")
+    classes = data["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise AnnotationError(f"{path}: 'classes' must be a list of names")
+    if not classes:
+        raise AnnotationError(f"{path}: 'classes' is empty")
+    dupes = sorted({c for c in classes if classes.count(c) > 1})
+    if dupes:
+        raise AnnotationError(f"{path}: duplicate class name(s) {', '.join(dupes)}")
+    database = data["database"]
+    if not isinstance(database, dict):
+        raise AnnotationError(f"{path}: 'database' must be an object of videos")
+    videos = {str(vid): _parse_video(path, str(vid), e, classes) for vid, e in database.items()}
+    return Annotations(classes=list(classes), videos=videos)
+
+
+def load_annotations(path: Path | str, feature_set: FeatureSet | None = None) -> Annotations:
+    """Read and check `annotations.json`; with `feature_set`, every video must have features."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise AnnotationError(f"{path}: annotation file not found") from e
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON ({e})") from e
+    ann = parse_annotations(data, path)
+    if feature_set is not None:
+        check_features(ann, feature_set, path)
+    return ann
+
+
+def check_features(ann: Annotations, feature_set: FeatureSet, path: Path | str) -> None:
+    """Raise naming the first videos of `ann` that `feature_set` lacks (and why, if known)."""
+    missing = [vid for vid in ann.video_ids() if not feature_set.has(vid)]
+    if not missing:
+        return
+    failures = feature_set.failures()
+    shown = []
+    for vid in missing[:5]:
+        reason = failures.get(vid)
+        shown.append(f"{vid!r} (extraction failed: {reason})" if reason else repr(vid))
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise AnnotationError(
+        f"{path}: {len(missing)} video(s) have no features in {feature_set.path}: "
+        f"{', '.join(shown)}{more}"
+    )
+
+
+def save_annotations(path: Path | str, ann: Annotations) -> None:
+    """Write `ann` atomically in the canonical format."""
+    atomic_write_json(Path(path), ann.to_dict())

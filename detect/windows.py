@@ -1,0 +1,230 @@
+"""Fixed-length windows over cached feature sequences, with window-normalised targets.
+
+Time conventions (shared with `extract.cache`): feature i covers the feature-time interval
+[i, i+1), i.e. seconds [i*stride/fps, (i+1)*stride/fps). A time t in seconds is t*fps/stride in
+feature time. A window of W steps starting at feature s covers feature time [s, s+W); window time
+u in [0, 1] is feature time s + u*W.
+
+Ground truth per window:
+- set targets (for matching): the instances lying entirely inside the window,
+  start >= s and end <= s+W in feature time, normalised to [0, 1];
+- dense targets (W, C) multi-hot: step j (feature-time interval [s+j, s+j+1)) is positive for a
+  class when an instance of that class overlaps the step with positive length, i.e. steps
+  floor(a) .. ceil(b)-1 for an instance [a, b) in feature time. A zero-length instance marks the
+  step holding its time, floor(a). Every overlapping instance counts, including those crossing the
+  window border (the step does contain the gesture). Padded steps (j >= valid) are never positive.
+
+Instances are first clipped to the video's feature extent [0, T] (the last partial stride has no
+feature); instances starting at or after T are dropped as unseen (zero-length ones exactly at T
+belong to the last step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from detect.annotations import Annotations
+from detect.config import DataConfig
+from extract.cache import FeatureSet
+
+
+def plan_windows(num_steps: int, window: int, overlap: float, tail: bool = True) -> list[int]:
+    """Start positions of windows of `window` steps over a sequence of `num_steps` steps.
+
+    Starts are i * step with step = round(window * (1 - overlap)) (at least 1), for every window
+    that fits; with `tail`, one more window ends exactly at the sequence end unless the last
+    regular one already does. A sequence shorter than `window` gets one window at 0 (padded).
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if num_steps <= window:
+        return [0]
+    step = max(1, int(round(window * (1.0 - overlap))))
+    starts = list(range(0, num_steps - window + 1, step))
+    if tail and starts[-1] != num_steps - window:
+        starts.append(num_steps - window)
+    return starts
+
+
+def instances_in_feature_time(
+    segments: np.ndarray, labels: np.ndarray, num_steps: int, stride: int, fps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds (n, 2) -> feature time (m, 2) float64, clipped to [0, num_steps]; labels (m,).
+
+    Instances that start at or after the last feature's end are dropped (no feature sees them),
+    except zero-length ones exactly at the end.
+    """
+    ft = np.asarray(segments, np.float64).reshape(-1, 2) * (fps / stride)
+    # Snap float noise from the seconds round trip (4.8 s -> 12.000000000000002 steps), which
+    # would otherwise flip containment and ceil() at exact step boundaries.
+    ft = np.round(ft, 6)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    keep = (ft[:, 0] < num_steps) | ((ft[:, 0] == num_steps) & (ft[:, 1] == ft[:, 0]))
+    keep &= num_steps > 0
+    return np.clip(ft[keep], 0.0, float(num_steps)), labels[keep]
+
+
+def dense_targets(
+    ft: np.ndarray,
+    labels: np.ndarray,
+    start: int,
+    window: int,
+    num_steps: int,
+    num_classes: int,
+) -> np.ndarray:
+    """Multi-hot (W, C) float32 for the window [start, start+W) (see the module docstring).
+
+    ft: (n, 2) instances in feature time, clipped to [0, num_steps]; labels: (n,); the video has
+    `num_steps` features, so steps past it (padding) stay negative.
+    """
+    dense = np.zeros((window, num_classes), np.float32)
+    if ft.shape[0] == 0 or num_steps <= 0:
+        return dense
+    # A zero-length instance exactly at the video end belongs to the last real step.
+    first = np.minimum(np.floor(ft[:, 0]).astype(np.int64), num_steps - 1)
+    last = np.maximum(first, np.ceil(ft[:, 1]).astype(np.int64) - 1)
+    last = np.minimum(last, num_steps - 1)
+    lo = np.maximum(first, start) - start
+    hi = np.minimum(last, start + window - 1) - start  # inclusive
+    for a, b, c in zip(lo, hi, labels, strict=True):
+        if b >= a:
+            dense[a : b + 1, c] = 1.0
+    return dense
+
+
+@dataclass
+class _Video:
+    video_id: str
+    features: np.ndarray  # (T, C) float32
+    res4: np.ndarray | None  # (T, C4) float32
+    ft: np.ndarray  # (n, 2) instances in feature time
+    labels: np.ndarray  # (n,)
+
+
+@dataclass
+class _Window:
+    video: int
+    start: int
+    valid: int
+    inside: np.ndarray  # indices of the instances entirely inside the window
+
+
+def _slice_padded(x: np.ndarray, start: int, window: int) -> torch.Tensor:
+    """(W, C) rows start..start+W, the last row repeated past the end (a view when no padding)."""
+    part = x[start : start + window]
+    if part.shape[0] == window:
+        return torch.from_numpy(part)
+    pad = np.repeat(x[-1:], window - part.shape[0], axis=0)
+    return torch.from_numpy(np.concatenate([part, pad], axis=0))
+
+
+class WindowDataset(Dataset):
+    """Windows of one subset, features of every video held in memory once (float32).
+
+    Training windows overlap by `data_cfg.train_overlap` and are kept only when they hold a
+    complete instance (unless `keep_background`); evaluation windows do not overlap, plus a tail
+    window ending at the video end. Each item is a dict: `features` (W, C) float32 tensor (a view
+    into the video's array unless padded), `res4` (W, C4) or None, `labels` (n,) int64,
+    `segments` (n, 2) float32 normalised (start, end), `dense` (W, C) float32, `meta`
+    (video_id, start, valid).
+    """
+
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        annotations: Annotations,
+        subset: str,
+        data_cfg: DataConfig,
+        train: bool,
+    ) -> None:
+        cfg = data_cfg
+        if not math.isclose(feature_set.fps, cfg.fps) or feature_set.stride != cfg.stride:
+            raise ValueError(
+                f"{feature_set.path}: feature set has fps {feature_set.fps}, stride "
+                f"{feature_set.stride}; the config expects fps {cfg.fps}, stride {cfg.stride}"
+            )
+        if cfg.feature_key and cfg.feature_key != feature_set.key:
+            raise ValueError(
+                f"{feature_set.path}: feature set key {feature_set.key!r} is not the "
+                f"configured data.feature_key {cfg.feature_key!r}"
+            )
+        ann = annotations.subset(subset)
+        if not ann.videos:
+            raise ValueError(f"no videos in subset {subset!r}")
+        self.window = cfg.window
+        self.num_classes = ann.num_classes
+        self.classes = list(ann.classes)
+        self.stride = feature_set.stride
+        self.fps = feature_set.fps
+        self.train = train
+        self.videos: list[_Video] = []
+        self.items: list[_Window] = []
+        overlap = cfg.train_overlap if train else 0.0
+        for vid in tqdm(ann.video_ids(), desc=f"loading {subset} features", leave=False):
+            v = feature_set.load(vid, with_res4=cfg.use_res4)
+            if v.num_steps == 0:
+                raise ValueError(f"{feature_set.video_path(vid)}: video {vid!r} has no features")
+            va = ann.videos[vid]
+            ft, labels = instances_in_feature_time(
+                va.segments, va.labels, v.num_steps, self.stride, self.fps
+            )
+            self.videos.append(_Video(vid, v.features, v.res4, ft, labels))
+            for s in plan_windows(v.num_steps, self.window, overlap, tail=True):
+                valid = min(self.window, v.num_steps - s)
+                inside = np.nonzero((ft[:, 0] >= s) & (ft[:, 1] <= s + self.window))[0]
+                if train and inside.size == 0 and not cfg.keep_background:
+                    continue
+                self.items.append(_Window(len(self.videos) - 1, s, valid, inside))
+        if not self.items:
+            raise ValueError(
+                f"subset {subset!r}: no window holds a complete instance "
+                f"(window {self.window} steps); set data.keep_background or a longer window"
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        w = self.items[index]
+        v = self.videos[w.video]
+        W = self.window
+        seg = (v.ft[w.inside] - w.start) / W
+        return {
+            "features": _slice_padded(v.features, w.start, W),
+            "res4": None if v.res4 is None else _slice_padded(v.res4, w.start, W),
+            "labels": torch.from_numpy(v.labels[w.inside].copy()),
+            "segments": torch.from_numpy(seg.astype(np.float32)),
+            "dense": torch.from_numpy(
+                dense_targets(v.ft, v.labels, w.start, W, v.features.shape[0], self.num_classes)
+            ),
+            "meta": (v.video_id, w.start, w.valid),
+        }
+
+
+def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch items: `features` (B, W, C), `res4` (B, W, C4) or None, `targets` (list of dicts
+    with `labels` (n,) int64 and `segments` (n, 2) float32), `dense` (B, W, C), `meta` (list of
+    (video_id, start, valid))."""
+    if not items:
+        raise ValueError("collate_windows needs at least one window")
+    has_res4 = [it["res4"] is not None for it in items]
+    if any(has_res4) and not all(has_res4):
+        raise ValueError("some windows have res4 features and some do not")
+    return {
+        "features": torch.stack([it["features"] for it in items]),
+        "res4": torch.stack([it["res4"] for it in items]) if all(has_res4) else None,
+        "targets": [{"labels": it["labels"], "segments": it["segments"]} for it in items],
+        "dense": torch.stack([it["dense"] for it in items]),
+        "meta": [it["meta"] for it in items],
+    }

@@ -1,0 +1,203 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from detect.annotations import parse_annotations
+from detect.metrics import f1_miga
+from detect.postprocess import (
+    Detections,
+    PredictionError,
+    best_threshold,
+    decode_windows,
+    load_predictions,
+    merge_video,
+    nms_1d,
+    save_predictions,
+    tiou,
+)
+
+CLASSES = ["a", "b", "c"]
+
+
+def test_tiou_hand_values():
+    got = tiou(np.array([[0, 10], [2, 2]]), np.array([[0, 3], [5, 15], [20, 30], [2, 2]]))
+    np.testing.assert_allclose(got, [[0.3, 5 / 15, 0, 0], [0, 0, 0, 0]])
+
+
+def test_decode_windows_matches_loop_reference():
+    rng = np.random.default_rng(0)
+    B, Nq, C, W = 3, 5, 4, 16
+    logits = torch.from_numpy(rng.normal(0, 2, (B, Nq, C + 1))).float()
+    segs = torch.from_numpy(rng.uniform(-0.2, 1.2, (B, Nq, 2))).float()
+    meta = [("v1", 0, 16), ("v1", 16, 16), ("v2", 0, 10)]  # v2: padded window, 10 valid steps
+    stride, fps = 4, 10.0
+    for focal in (False, True):
+        out = decode_windows(logits, segs, meta, stride, fps, W, focal=focal, top_k=2)
+        assert [len(x) for x in (out["v1"], out["v2"])] == [2, 1]
+        flat = {"v1": Detections.concat(out["v1"]), "v2": out["v2"][0]}
+        rows = {"v1": [], "v2": []}
+        for b, (vid, start, valid) in enumerate(meta):
+            for q in range(Nq):
+                x = logits[b, q].double().tolist()
+                if focal:
+                    p = [1 / (1 + math.exp(-v)) for v in x[:C]]
+                else:
+                    z = [math.exp(v) for v in x]
+                    p = [v / sum(z) for v in z][:C]
+                top = sorted(range(C), key=lambda c: -p[c])[:2]
+                s, e = sorted(segs[b, q].double().tolist())
+                s = min(max(s, 0.0), valid / W)
+                e = min(max(e, 0.0), valid / W)
+                for c in top:
+                    rows[vid].append(((start + s * W) * 0.4, (start + e * W) * 0.4, c, p[c]))
+        for vid, r in rows.items():
+            ref = np.array(r)
+            d = flat[vid]
+            np.testing.assert_allclose(d.start, ref[:, 0], atol=1e-6)
+            np.testing.assert_allclose(d.end, ref[:, 1], atol=1e-6)
+            np.testing.assert_array_equal(d.label, ref[:, 2])
+            np.testing.assert_allclose(d.score, ref[:, 3], rtol=1e-6)
+        assert flat["v2"].end.max() <= 10 * 0.4 + 1e-9  # never past the valid steps
+
+
+def _nms_reference(start, end, score, thr):
+    order = sorted(range(len(score)), key=lambda i: (-score[i], i))
+    keep = []
+    for i in order:
+        ok = True
+        for j in keep:
+            inter = max(0.0, min(end[i], end[j]) - max(start[i], start[j]))
+            union = (end[i] - start[i]) + (end[j] - start[j]) - inter
+            if union > 0 and inter / union > thr:
+                ok = False
+                break
+        if ok:
+            keep.append(i)
+    return keep
+
+
+def test_nms_matches_loop_reference():
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        n = int(rng.integers(0, 40))
+        s = rng.uniform(0, 20, n).round(1)
+        e = s + rng.choice([0.0, 0.5, 1.0, 3.0], n)
+        sc = rng.choice([0.2, 0.5, 0.8, 0.9], n)  # ties on purpose
+        for thr in (0.0, 0.3, 0.5, 0.9):
+            assert nms_1d(s, e, sc, thr).tolist() == _nms_reference(s, e, sc, thr)
+    s, e, sc = np.array([0.0, 0.0]), np.array([1.0, 1.0]), np.array([0.5, 0.6])
+    assert nms_1d(s, e, sc, 1.0).tolist() == [1, 0]  # >= 1 disables NMS
+
+
+def test_merge_video_per_class_nms_threshold_and_cap():
+    parts = [
+        Detections([0, 0.1, 5], [2, 2.1, 6], [0, 0, 0], [0.9, 0.8, 0.05]),
+        Detections([0, 10], [2, 12], [1, 1], [0.7, 0.6]),  # class 1 overlapping class 0: kept
+    ]
+    d = merge_video(parts, nms_iou=0.5, score_threshold=0.1, max_per_video=10)
+    assert d.label.tolist() == [0, 1, 1] and d.score.tolist() == [0.9, 0.7, 0.6]
+    d = merge_video(parts, nms_iou=1.0, score_threshold=0.0, max_per_video=2)
+    assert d.score.tolist() == [0.9, 0.8]
+    assert len(merge_video([], 0.5, 0.0, 10)) == 0
+
+
+def _ann():
+    rng = np.random.default_rng(5)
+    db = {}
+    for v in range(3):
+        s = np.sort(rng.uniform(0, 50, 6)).round(2)
+        lab = rng.integers(0, 3, 6)
+        db[f"v{v}"] = {"subset": "val", "duration": 60.0, "fps": 25.0, "annotations": [
+            {"label": CLASSES[c], "label_id": int(c), "segment": [float(a), float(a + 3)]}
+            for c, a in zip(lab, s, strict=True)]}
+    return parse_annotations({"classes": CLASSES, "database": db})
+
+
+def test_best_threshold_matches_brute_force_sweep():
+    ann = _ann()
+    rng = np.random.default_rng(7)
+    preds = {}
+    for vid, v in ann.videos.items():
+        n = 15
+        gi = rng.integers(0, len(v), n)
+        s = v.segments[gi, 0] + rng.normal(0, 1.0, n)
+        lab = np.where(rng.random(n) < 0.7, v.labels[gi], rng.integers(0, 3, n))
+        preds[vid] = Detections(s, s + 3, lab, rng.choice(np.linspace(0.05, 0.95, 10), n))
+    t, f1 = best_threshold(preds, ann, "val", 0.3)
+    cands = sorted({float(x) for d in preds.values() for x in d.score})
+    sweep = []
+    for c in cands:
+        kept = {vid: d.take(d.score >= c) for vid, d in preds.items()}
+        sweep.append((f1_miga(kept, ann, "val", 0.3)["f1"], c))
+    best_f1 = max(f for f, _ in sweep)
+    assert f1 == pytest.approx(best_f1)
+    assert t == max(c for f, c in sweep if f == pytest.approx(best_f1))
+    assert 0 < f1 < 1 and t > min(cands)  # a real trade-off, not the trivial end
+    assert best_threshold({}, ann, "val") == (0.0, 0.0)
+
+
+def test_predictions_roundtrip_and_errors(tmp_path):
+    preds = {"v2": Detections([1.0, 0.5], [2.0, 0.5], [2, 0], [0.3, 0.9]), "v1": Detections.empty()}
+    p = tmp_path / "pred.json"
+    save_predictions(p, preds, CLASSES)
+    data = json.loads(p.read_text())
+    assert data["results"]["v2"][0] == {"segment": [0.5, 0.5], "label": "a", "label_id": 0,
+                                        "score": 0.9}
+    back = load_predictions(p, classes=CLASSES)
+    assert set(back) == {"v1", "v2"} and len(back["v1"]) == 0
+    np.testing.assert_array_equal(back["v2"].label, [0, 2])
+    np.testing.assert_array_equal(back["v2"].start, [0.5, 1.0])
+
+    def broken(entry, classes=CLASSES):
+        d = {"results": {"v1": [{"segment": [0, 1], "label": "a", "label_id": 0, "score": 1.0},
+                                entry]}}
+        p.write_text(json.dumps(d))
+        return lambda: load_predictions(p, classes=classes)
+
+    cases = [
+        ({"segment": [2, 1], "label_id": 0, "score": 0.5}, "detection 1: end 1.0 is before"),
+        ({"segment": [0, 1], "label_id": 5, "score": 0.5}, "detection 1: label_id 5 out of"),
+        ({"segment": [0, 1], "label": "b", "label_id": 0, "score": 0.5}, "label 'b' and"),
+        ({"segment": [0, 1], "label_id": 0, "score": float("nan")}, "detection 1, score"),
+        ({"segment": [0, 1], "label_id": 0}, "detection 1: key 'score' is missing"),
+    ]
+    for entry, msg in cases:
+        with pytest.raises(PredictionError, match=msg) as info:
+            broken(entry)()
+        assert str(p) in str(info.value) and "video 'v1'" in str(info.value)
+    with pytest.raises(PredictionError, match="labels outside"):
+        save_predictions(p, {"v": Detections([0], [1], [3], [0.5])}, CLASSES)
+
+
+def test_miga_csvs(tmp_path):
+    from detect.submission import SubmissionError, read_miga_csv, write_miga_csvs
+
+    db = {
+        "Sample0036": {"subset": "test", "duration": 10.0, "fps": 30.0, "annotations": []},
+        "Sample0037": {"subset": "test", "duration": 5.0, "fps": 25.0, "annotations": []},
+        "Sample0001": {"subset": "train", "duration": 5.0, "fps": 25.0, "annotations": []},
+    }
+    ann = parse_annotations({"classes": CLASSES, "database": db})
+    preds = {
+        # 3.34 s * 30 = 100.2 -> 100; 1.25 s -> 37.5 rounds half up to 38; 9.99 s -> 300 clamps
+        # to the last frame 299; a reversed rounding (end frame < start frame) cannot happen.
+        "Sample0036": Detections([3.34, 1.25, 9.9], [3.5, 2.0, 9.99], [2, 0, 1], [0.9, 0.8, 0.7]),
+        "Sample0001": Detections([1.0], [2.0], [0], [0.5]),
+    }
+    paths = write_miga_csvs(preds, ann, tmp_path / "sub", subset="test")
+    assert [p.name for p in paths] == ["Sample0036_prediction.csv", "Sample0037_prediction.csv"]
+    assert paths[0].read_text() == "1,38,60\n3,100,105\n2,297,299\n"
+    assert read_miga_csv(paths[0]).tolist() == [[1, 38, 60], [3, 100, 105], [2, 297, 299]]
+    assert paths[1].read_text() == "" and read_miga_csv(paths[1]).shape == (0, 3)
+    one = write_miga_csvs(preds, ann, tmp_path / "b", frame_base=1)
+    assert [p.name for p in one] == ["Sample0001_prediction.csv", "Sample0036_prediction.csv"]
+    assert read_miga_csv(one[1])[0].tolist() == [1, 39, 61]
+    with pytest.raises(SubmissionError, match="Sample0099"):
+        write_miga_csvs({"Sample0099": Detections.empty()}, ann, tmp_path / "c")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n4,9,5\n")
+    with pytest.raises(SubmissionError, match="bad.csv, line 2"):
+        read_miga_csv(bad)
