@@ -25,6 +25,11 @@ class MambaBackendError(RuntimeError):
     """The requested selective-scan backend cannot run here."""
 
 
+def scan_dtype(t: Tensor) -> torch.dtype:
+    """Dtype the scan runs in: fp32 for fp32/bf16/fp16 inputs, fp64 for fp64 (tests, gradcheck)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def selective_scan_torch(
     u: Tensor,
     delta: Tensor,
@@ -36,7 +41,7 @@ def selective_scan_torch(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
 ) -> Tensor:
-    """Selective scan in pure PyTorch, computed in fp32 whatever the input dtype or autocast.
+    """Selective scan in pure PyTorch, computed in fp32 (fp64 for fp64 input) under any autocast.
 
     h_t = exp(delta_t * A) h_{t-1} + delta_t * B_t * u_t,  y_t = <C_t, h_t> + D * u_t,
     then y * silu(z). A sequential loop over L (fine for L = Nq = 48), vectorised over batch,
@@ -45,22 +50,22 @@ def selective_scan_torch(
     u, delta, z: (Bt, d, L); A: (d, N); B, C: (Bt, N, L); D, delta_bias: (d,).
     Returns (Bt, d, L) in u's dtype.
     """
-    dtype = u.dtype
+    dtype, ct = u.dtype, scan_dtype(u)
     with torch.autocast(device_type=u.device.type, enabled=False):
-        u32 = u.float()
-        dt = delta.float()
+        u32 = u.to(ct)
+        dt = delta.to(ct)
         if delta_bias is not None:
-            dt = dt + delta_bias.float()[None, :, None]
+            dt = dt + delta_bias.to(ct)[None, :, None]
         if delta_softplus:
             dt = F.softplus(dt)
-        A32 = A.float()
+        A32 = A.to(ct)
         # (L, Bt, d, N) layout so each step reads a contiguous slab.
         dt_l = dt.permute(2, 0, 1).unsqueeze(-1)  # (L, Bt, d, 1)
         decay = torch.exp(dt_l * A32)  # (L, Bt, d, N)
-        drive = (dt_l * u32.permute(2, 0, 1).unsqueeze(-1)) * B.float().permute(2, 0, 1).unsqueeze(
-            2
-        )  # (L, Bt, d, N)
-        C_l = C.float().permute(2, 0, 1).unsqueeze(-1)  # (L, Bt, N, 1)
+        u_l = u32.permute(2, 0, 1).unsqueeze(-1)  # (L, Bt, d, 1)
+        B_l = B.to(ct).permute(2, 0, 1).unsqueeze(2)  # (L, Bt, 1, N)
+        drive = (dt_l * u_l) * B_l  # (L, Bt, d, N)
+        C_l = C.to(ct).permute(2, 0, 1).unsqueeze(-1)  # (L, Bt, N, 1)
         h = torch.zeros_like(drive[0])
         ys = []
         for a_t, b_t, c_t in zip(decay.unbind(0), drive.unbind(0), C_l.unbind(0), strict=True):
@@ -68,9 +73,9 @@ def selective_scan_torch(
             ys.append(torch.bmm(h, c_t))  # (Bt, d, 1)
         y = torch.cat(ys, dim=-1)  # (Bt, d, L)
         if D is not None:
-            y = y + D.float()[None, :, None] * u32
+            y = y + D.to(ct)[None, :, None] * u32
         if z is not None:
-            y = y * F.silu(z.float())
+            y = y * F.silu(z.to(ct))
     return y.to(dtype)
 
 
@@ -216,19 +221,22 @@ class Mamba(nn.Module):
         x = F.silu(conv(x)[..., :L])  # causal: keep the first L outputs of the padded conv
         x_dbl = x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        ct = scan_dtype(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             # dt stays fp32 under autocast; its bias is added (and softplus applied) in the scan.
-            dt = F.linear(dt.float(), dt_proj.weight.float()).transpose(1, 2)  # (B, d_inner, L)
-        A = -torch.exp(A_log.float())
+            dt = F.linear(dt.to(ct), dt_proj.weight.to(ct)).transpose(1, 2)  # (B, d_inner, L)
+        if scan is not selective_scan_torch:
+            dt = dt.to(x.dtype)  # the kernel wants delta in u's dtype; it upcasts internally
+        A = -torch.exp(A_log.to(ct))
         return scan(
             x,
             dt,
             A,
             Bm.transpose(1, 2).contiguous(),
             Cm.transpose(1, 2).contiguous(),
-            D.float(),
+            D.to(ct),
             z=z,
-            delta_bias=dt_proj.bias.float(),
+            delta_bias=dt_proj.bias.to(ct),
             delta_softplus=True,
         )
 
