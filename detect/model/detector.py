@@ -25,7 +25,8 @@ def init_query_points(
 ) -> Tensor:
     """Spread initial query points, (Nq, Ns) in window time.
 
-    Query i is centred at (i + 0.5)/Nq with length lengths[i % len(lengths)], clipped to [0, 1];
+    Query i is centred at (i + 0.5)/Nq with length lengths[i % len(lengths)] (shrunk
+    symmetrically to fit in [0, 1]);
     its boundary points and its semantic points are each spread evenly over that segment.
 
     Why not PointTAD's all-0.5 init: every query then has a zero-length segment at the same place,
@@ -39,8 +40,9 @@ def init_query_points(
     out = torch.empty(num_queries, num_points)
     for i in range(num_queries):
         c = (i + 0.5) / num_queries
-        half = lengths[i % len(lengths)] / 2
-        s, e = max(0.0, c - half), min(1.0, c + half)
+        # Shrink rather than clip at the window edges, so the centre stays exactly c.
+        half = min(lengths[i % len(lengths)] / 2, c, 1 - c)
+        s, e = c - half, c + half
         out[i, :nb] = torch.linspace(s, e, nb) if nb > 1 else torch.tensor([c])
         if ns:
             # Interior points only: semantic points need not sit on the edges.
