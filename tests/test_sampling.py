@@ -41,12 +41,16 @@ def make_inputs(B=2, W=7, D=3, N=5, K=4, seed=0):
     return feats, pos, w
 
 
-def test_matches_loop_reference_values_and_gradients():
+METHODS = ["gather", "matmul", "auto"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_loop_reference_values_and_gradients(method):
     feats, pos, w = make_inputs()
     assert (pos < 0).any() and (pos > 1).any()
     args = [t.clone().requires_grad_(True) for t in (feats, pos, w)]
     ref_args = [t.clone().requires_grad_(True) for t in (feats, pos, w)]
-    out = sample_features(*args)
+    out = sample_features(*args, method=method)
     ref = sample_ref(*ref_args)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(out)
@@ -61,30 +65,44 @@ def test_matches_loop_reference_values_and_gradients():
     assert (args[1].grad[~outside] != 0).all()
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("method", ["gather", "matmul"])
+def test_gradcheck(method):
     feats, pos, w = make_inputs(B=2, W=5, D=2, N=3, K=2, seed=1)
     args = tuple(t.requires_grad_(True) for t in (feats, pos, w))
-    assert torch.autograd.gradcheck(sample_features, args)
+    assert torch.autograd.gradcheck(lambda f, p, w: sample_features(f, p, w, method), args)
 
 
-def test_feature_centres_and_edges():
+def test_auto_gathers_for_long_windows():
+    feats, pos, w = make_inputs(B=1, W=600, D=2, N=3, K=4, seed=2)
+    pos.requires_grad_(True)
+    out = sample_features(feats, pos, w)  # W > 64 * 2K: the gather path
+    assert out.grad_fn.name().endswith("_GatherCombineBackward")
+    torch.testing.assert_close(out, sample_features(feats, pos, w, "matmul"))
+    with pytest.raises(ValueError, match="sampling method"):
+        sample_features(feats, pos, w, "grid")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_feature_centres_and_edges(method):
     W = 8
     feats = torch.arange(W, dtype=torch.float64).view(1, W, 1).repeat(1, 1, 2)
     centres = (torch.arange(W, dtype=torch.float64) + 0.5) / W
     pos = torch.cat([centres, torch.tensor([-0.5, 0.0, 1.0, 1.7, 0.5])]).view(1, -1, 1)
-    out = sample_features(feats, pos)[0, :, 0]
+    out = sample_features(feats, pos, method=method)[0, :, 0]
     expected = torch.cat([torch.arange(W, dtype=torch.float64), torch.tensor([0, 0, 7, 7, 3.5])])
     torch.testing.assert_close(out, expected)
 
 
-def test_single_step_window_and_fp32():
+@pytest.mark.parametrize("method", METHODS)
+def test_single_step_window_and_fp32(method):
     feats = torch.randn(2, 1, 4)
     pos = torch.tensor([[[-1.0, 0.3, 2.0]]]).expand(2, 1, 3)
     w = torch.full((2, 1, 3), 1 / 3)
-    torch.testing.assert_close(sample_features(feats, pos, w)[:, 0], feats[:, 0])
+    torch.testing.assert_close(sample_features(feats, pos, w, method)[:, 0], feats[:, 0])
 
 
-def test_no_copy_of_the_window_is_kept_for_backward():
+@pytest.mark.parametrize("method", ["gather", "matmul"])
+def test_no_copy_of_the_window_is_kept_for_backward(method):
     B, W, D, N, K = 2, 64, 32, 40, 4
     feats = torch.randn(B, W, D, requires_grad=True)
     pos = torch.rand(B, N, K, requires_grad=True)
@@ -96,12 +114,13 @@ def test_no_copy_of_the_window_is_kept_for_backward():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = sample_features(feats, pos, w)
+        out = sample_features(feats, pos, w, method)
     out.sum().backward()
-    # Only the features, indices, coefficients and (B, N, K)-sized position tensors are saved,
-    # never gathered (N, D) rows per sub-point or a per-query copy of the window.
-    assert max(saved) <= B * W * D
-    assert sum(saved) <= B * W * D + 20 * B * N * K
+    # Saved: the features, (B, N, K)-sized position tensors, and for matmul the (B, N, W)
+    # interpolation matrix; never gathered (N, D) rows per sub-point or a per-query window copy.
+    matrix = B * N * W if method == "matmul" else 0
+    assert max(saved) <= max(B * W * D, matrix)
+    assert sum(saved) <= B * W * D + matrix + 20 * B * N * K
 
 
 def test_shape_errors():
