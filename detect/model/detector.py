@@ -1,0 +1,184 @@
+"""The query-point detector on cached features (PointTAD with a Mamba-MHSA query mixer).
+
+Shapes: B batch, W feature steps (may differ between calls), D = hidden_dim, Nq queries,
+Ns points per query, L decoder layers, C classes (index C of the class logits = background).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from detect.config import ModelConfig
+from detect.model.decoder import DecoderLayer, num_boundary_points, points_to_segments
+
+# Initial segment lengths in window units (about 2, 4, 8, 16 feature steps at W = 128): SMG
+# micro-gestures last 1 to 11 feature steps (p5 to p95), so the prior covers that range and more.
+DEFAULT_INIT_LENGTHS = (1 / 64, 1 / 32, 1 / 16, 1 / 8)
+DENSE_DROPOUT = 0.5  # PointTAD's dense head uses nn.Dropout's default
+
+
+def init_query_points(
+    num_queries: int, num_points: int, lengths: Sequence[float] = DEFAULT_INIT_LENGTHS
+) -> Tensor:
+    """Spread initial query points, (Nq, Ns) in window time.
+
+    Query i is centred at (i + 0.5)/Nq with length lengths[i % len(lengths)] (shrunk
+    symmetrically to fit in [0, 1]);
+    its boundary points and its semantic points are each spread evenly over that segment.
+
+    Why not PointTAD's all-0.5 init: every query then has a zero-length segment at the same place,
+    so the first layer's length-scaled updates are exactly zero, all queries sample identical
+    features, and only gradients on the initial points can break the symmetry. A spread init gives
+    every query a distinct centre (so the "centre" scan order is well defined from step 0) and
+    non-zero lengths at several scales at every location.
+    """
+    nb = num_boundary_points(num_points)
+    ns = num_points - nb
+    out = torch.empty(num_queries, num_points)
+    for i in range(num_queries):
+        c = (i + 0.5) / num_queries
+        # Shrink rather than clip at the window edges, so the centre stays exactly c.
+        half = min(lengths[i % len(lengths)] / 2, c, 1 - c)
+        s, e = c - half, c + half
+        out[i, :nb] = torch.linspace(s, e, nb) if nb > 1 else torch.tensor([c])
+        if ns:
+            # Interior points only: semantic points need not sit on the edges.
+            out[i, nb:] = torch.linspace(s, e, ns + 2)[1:-1]
+    return out
+
+
+class DenseHead(nn.Module):
+    """Per-step multi-label scores: Conv1d(D -> D/2, k3) -> Dropout -> Conv1d(D/2 -> C, k1).
+
+    (B, W, D) -> (B, W, C) logits.
+    """
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = DENSE_DROPOUT) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(dim, dim // 2, kernel_size=3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv1d(dim // 2, num_classes, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(self.drop(self.conv1(x.transpose(1, 2)))).transpose(1, 2)
+
+
+class Detector(nn.Module):
+    """Query-point detector.
+
+    forward(features (B, W, in_dim), res4 (B, W, res4_dim) | None) -> dict with
+      logits (L, B, Nq, C+1), segments (L, B, Nq, 2) start/end in window time (unclamped),
+      points (L, B, Nq, Ns), dense_logits (B, W, C).
+
+    Point update per layer l: P_l = P + offsets_l * 0.5 * len(P), len = segment length of the
+    layer's input points P. P = the learned initial points for the first layer (so they learn);
+    for later layers P = P_{l-1}.detach(), as DETR-style iterative refinement does, so each layer's
+    loss trains that layer's offsets without pushing gradients back through all earlier offsets.
+    """
+
+    def __init__(self, cfg: ModelConfig, in_dim: int, num_classes: int, res4_dim: int = 0) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if cfg.hidden_dim % cfg.num_heads:
+            raise ValueError(
+                f"model.hidden_dim {cfg.hidden_dim} is not divisible by model.num_heads "
+                f"{cfg.num_heads}"
+            )
+        if cfg.num_points < 2:
+            raise ValueError(f"model.num_points must be >= 2, got {cfg.num_points}")
+        self.cfg = cfg
+        self.in_dim, self.res4_dim, self.num_classes = in_dim, res4_dim, num_classes
+        D = cfg.hidden_dim
+        self.input_proj = nn.Linear(in_dim, D)
+        self.res4_proj = nn.Linear(res4_dim, D) if res4_dim > 0 else None
+        self.query_embed = nn.Embedding(cfg.num_queries, D)  # N(0, 1) init
+        self.query_points = nn.Parameter(init_query_points(cfg.num_queries, cfg.num_points))
+        self.query_points._no_weight_decay = True
+        total_mamba = cfg.num_layers * cfg.mamba.layers if cfg.query_mixer == "mamba_mhsa" else 0
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, num_classes, total_mamba) for _ in range(cfg.num_layers)
+        )
+        self.dense_head = DenseHead(D, num_classes)
+
+    def project(self, features: Tensor, res4: Tensor | None = None) -> Tensor:
+        """Input projection(s), summed: (B, W, in_dim) [+ (B, W, res4_dim)] -> (B, W, D)."""
+        if features.ndim != 3 or features.shape[-1] != self.in_dim:
+            raise ValueError(f"features must be (B, W, {self.in_dim}), got {tuple(features.shape)}")
+        if features.shape[1] < 1:
+            raise ValueError("features have an empty window (W = 0)")
+        x = self.input_proj(features)
+        if self.res4_proj is None:
+            if res4 is not None:
+                raise ValueError("res4 features given but the detector was built with res4_dim=0")
+            return x
+        if res4 is None:
+            raise ValueError(f"the detector was built with res4_dim={self.res4_dim}; pass res4")
+        if res4.shape != (*features.shape[:2], self.res4_dim):
+            raise ValueError(
+                f"res4 must be (B, W, {self.res4_dim}) = {(*features.shape[:2], self.res4_dim)}, "
+                f"got {tuple(res4.shape)}"
+            )
+        return x + self.res4_proj(res4)
+
+    def forward(self, features: Tensor, res4: Tensor | None = None) -> dict[str, Tensor]:
+        x = self.project(features, res4)
+        B = x.shape[0]
+        q = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)
+        points = self.query_points.unsqueeze(0).expand(B, -1, -1)
+        all_logits, all_points, all_segments = [], [], []
+        for layer in self.layers:
+            q, logits, offsets = layer(x, points, q)
+            seg = points_to_segments(points)
+            length = (seg[..., 1] - seg[..., 0]).unsqueeze(-1)
+            new_points = points + offsets.to(points.dtype) * 0.5 * length
+            all_logits.append(logits)
+            all_points.append(new_points)
+            all_segments.append(points_to_segments(new_points))
+            points = new_points.detach()
+        return {
+            "logits": torch.stack(all_logits),
+            "segments": torch.stack(all_segments),
+            "points": torch.stack(all_points),
+            "dense_logits": self.dense_head(x),
+        }
+
+
+_NO_DECAY_NAMES = ("A_log", "A_b_log", "D", "D_b", "query_points")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: [{"params": decayed, "weight_decay": wd}, {"params": rest, "weight_decay": 0}].
+
+    No weight decay on: every parameter with ndim <= 1 (biases, LayerNorm weights and biases, D,
+    dt_proj.bias), parameters flagged `_no_weight_decay` (A_log, D, query_points), parameters
+    whose own name is A_log, A_b_log, D, D_b or query_points (so the rule survives copies that drop
+    the flags), and nn.Embedding weights (the query vectors: decay would only shrink them towards
+    the same zero vector). Every other weight (Linear, Conv1d incl. Mamba's depthwise conv) decays.
+    Each group also carries "names" (parameter names) for logging.
+    """
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay, decay_names, no_decay_names = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        skip = (
+            p.ndim <= 1
+            or getattr(p, "_no_weight_decay", False)
+            or leaf in _NO_DECAY_NAMES
+            or id(p) in embedding_params
+        )
+        (no_decay if skip else decay).append(p)
+        (no_decay_names if skip else decay_names).append(name)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
+        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
+    ]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

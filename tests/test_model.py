@@ -1,0 +1,272 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from detect.config import MambaConfig, ModelConfig
+from detect.model import (
+    Detector,
+    Mamba,
+    init_query_points,
+    num_boundary_points,
+    parameter_groups,
+    points_to_segments,
+)
+
+IN_DIM, C = 12, 3
+
+
+def tiny_cfg(**kw) -> ModelConfig:
+    mamba = MambaConfig(d_state=4, **kw.pop("mamba", {}))
+    base = dict(
+        hidden_dim=32,
+        num_queries=8,
+        num_points=6,
+        num_layers=2,
+        num_heads=4,
+        ffn_dim=64,
+        mix_dim=8,
+        dropout=0.0,
+        mamba=mamba,
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+VARIANTS = [
+    dict(query_mixer="mhsa"),
+    dict(query_mixer="mamba_mhsa"),
+    dict(query_mixer="mamba_mhsa", mamba=dict(order="centre")),
+    dict(query_mixer="mamba_mhsa", mamba=dict(bidirectional=True)),
+    dict(query_mixer="mamba_mhsa", mamba=dict(order="centre", bidirectional=True)),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: str(v))
+def test_output_shapes_for_every_mixer(variant):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in variant.items()})
+    model = Detector(cfg, IN_DIM, C)
+    has_mamba = any(isinstance(m, Mamba) for m in model.modules())
+    assert has_mamba == (cfg.query_mixer == "mamba_mhsa")
+    for W in (16, 11):  # no positional table tied to W
+        out = model(torch.randn(2, W, IN_DIM))
+        L, B, Nq, Ns = cfg.num_layers, 2, cfg.num_queries, cfg.num_points
+        assert out["logits"].shape == (L, B, Nq, C + 1)
+        assert out["segments"].shape == (L, B, Nq, 2)
+        assert out["points"].shape == (L, B, Nq, Ns)
+        assert out["dense_logits"].shape == (B, W, C)
+        assert all(torch.isfinite(v).all() for v in out.values())
+    loss = sum(v.float().square().mean() for v in out.values())
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("ns,nb", [(21, 14), (15, 10), (16, 10), (20, 13), (27, 18), (6, 4)])
+def test_boundary_point_count(ns, nb):
+    assert num_boundary_points(ns) == nb
+
+
+def test_segments_are_min_max_of_boundary_points():
+    torch.manual_seed(1)
+    model = Detector(tiny_cfg(num_points=9), IN_DIM, C)
+    with torch.no_grad():  # make the points move so min/max is not trivially the init order
+        for layer in model.layers:
+            layer.offset_head[-1].weight.normal_(0, 1.0)
+    out = model(torch.randn(2, 16, IN_DIM))
+    pts, seg = out["points"], out["segments"]
+    nb = 9 - 3
+    for idx in torch.cartesian_prod(*(torch.arange(n) for n in pts.shape[:3])).tolist():
+        p = pts[tuple(idx)]
+        assert seg[tuple(idx)][0].item() == min(p[:nb].tolist())
+        assert seg[tuple(idx)][1].item() == max(p[:nb].tolist())
+    # The semantic points do not take part: moving them leaves the segment unchanged.
+    moved = pts.clone()
+    moved[..., nb:] += 5.0
+    assert torch.equal(points_to_segments(moved), seg)
+
+
+def test_point_update_rule_and_detach():
+    torch.manual_seed(2)
+    model = Detector(tiny_cfg(num_layers=3), IN_DIM, C)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.offset_head[-1].weight.normal_(0, 0.5)
+            layer.offset_head[-1].bias.normal_(0, 0.5)
+    offsets = []
+    hooks = [
+        layer.offset_head.register_forward_hook(lambda m, i, o: offsets.append(o))
+        for layer in model.layers
+    ]
+    x = torch.randn(2, 16, IN_DIM)
+    out = model(x)
+    for h in hooks:
+        h.remove()
+    prev = model.query_points.unsqueeze(0).expand(2, -1, -1).double()
+    for layer_idx in range(3):
+        seg = points_to_segments(prev)
+        length = (seg[..., 1] - seg[..., 0]).unsqueeze(-1)
+        expected = prev + offsets[layer_idx].double() * 0.5 * length
+        torch.testing.assert_close(out["points"][layer_idx].double(), expected)
+        prev = out["points"][layer_idx].double()
+    # Points of layer 1 are refined from detached layer-0 points: no gradient reaches layer 0's
+    # offset head, while layer 0's own points train it and the learned initial points.
+    head0 = list(model.layers[0].offset_head.parameters())
+    g1 = torch.autograd.grad(out["points"][1].sum(), head0, allow_unused=True, retain_graph=True)
+    assert all(g is None or torch.all(g == 0) for g in g1)
+    g0 = torch.autograd.grad(out["points"][0].sum(), [*head0, model.query_points])
+    assert all(g.abs().sum() > 0 for g in g0)
+
+
+def permuted_copy(model: Detector, perm: torch.Tensor) -> Detector:
+    other = Detector(model.cfg, model.in_dim, model.num_classes)
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.query_embed.weight.copy_(model.query_embed.weight[perm])
+        other.query_points.copy_(model.query_points[perm])
+    return other.eval()
+
+
+@pytest.mark.parametrize(
+    "variant,equivariant",
+    [
+        (dict(query_mixer="mamba_mhsa", mamba=dict(order="centre")), True),
+        (dict(query_mixer="mamba_mhsa", mamba=dict(order="centre", bidirectional=True)), True),
+        (dict(query_mixer="mhsa"), True),
+        (dict(query_mixer="mamba_mhsa", mamba=dict(order="index")), False),
+    ],
+)
+def test_query_slot_permutation(variant, equivariant):
+    torch.manual_seed(3)
+    model = Detector(tiny_cfg(**variant), IN_DIM, C).eval()
+    with torch.no_grad():  # points that move, and random (distinct) initial centres
+        model.query_points.uniform_(0.05, 0.95)
+        for layer in model.layers:
+            layer.offset_head[-1].weight.normal_(0, 0.3)
+    perm = torch.randperm(8)
+    x = torch.randn(2, 16, IN_DIM)
+    out, out_p = model(x), permuted_copy(model, perm)(x)
+    for key in ("logits", "segments", "points"):
+        same = torch.allclose(out_p[key], out[key][:, :, perm], rtol=1e-4, atol=1e-5)
+        assert same == equivariant, key
+    torch.testing.assert_close(out_p["dense_logits"], out["dense_logits"])
+
+
+def test_res4_input_is_projected_and_summed():
+    torch.manual_seed(4)
+    model = Detector(tiny_cfg(), IN_DIM, C, res4_dim=5).eval()
+    x, r = torch.randn(2, 16, IN_DIM), torch.randn(2, 16, 5)
+    expected = model.input_proj(x) + model.res4_proj(r)
+    torch.testing.assert_close(model.project(x, r), expected)
+    out = model(x, r)
+    assert out["dense_logits"].shape == (2, 16, C)
+    assert not torch.allclose(model(x, r)["logits"], model(x, r + 1.0)["logits"])
+    with pytest.raises(ValueError, match="pass res4"):
+        model(x)
+    with pytest.raises(ValueError, match=r"res4 must be \(B, W, 5\)"):
+        model(x, torch.randn(2, 15, 5))
+    with pytest.raises(ValueError, match=r"features must be \(B, W, 12\)"):
+        model(torch.randn(2, 16, 7), r)
+    with pytest.raises(ValueError, match="res4_dim=0"):
+        Detector(tiny_cfg(), IN_DIM, C)(x, r)
+
+
+def test_bad_config_values_are_named():
+    with pytest.raises(ValueError, match="query_mixer"):
+        Detector(tiny_cfg(query_mixer="attention"), IN_DIM, C)
+    with pytest.raises(ValueError, match="order"):
+        Detector(tiny_cfg(mamba=dict(order="random")), IN_DIM, C)
+    with pytest.raises(ValueError, match="num_heads"):
+        Detector(tiny_cfg(num_heads=5), IN_DIM, C)
+
+
+def test_initial_query_points():
+    pts = init_query_points(48, 30)
+    assert pts.shape == (48, 30)
+    assert pts.min() >= 0 and pts.max() <= 1
+    seg = points_to_segments(pts)
+    centres, lengths = seg.mean(-1), seg[:, 1] - seg[:, 0]
+    assert torch.all(lengths > 0)
+    assert torch.all(centres[1:] > centres[:-1])  # distinct, ordered by slot
+    assert len({round(v, 5) for v in lengths[4:-4].tolist()}) == 4  # four scales inside
+    nb = num_boundary_points(30)
+    inside = (pts[:, nb:] > seg[:, :1]) & (pts[:, nb:] < seg[:, 1:])
+    assert inside.all()
+
+
+def test_parameter_groups():
+    model = Detector(tiny_cfg(mamba=dict(bidirectional=True)), IN_DIM, C)
+    decay, no_decay = parameter_groups(model, 1e-4)
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    names_decay, names_no = set(decay["names"]), set(no_decay["names"])
+    all_names = {n for n, _ in model.named_parameters()}
+    assert names_decay | names_no == all_names and not names_decay & names_no
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        excluded = (
+            p.ndim <= 1
+            or leaf in ("A_log", "A_b_log", "query_points")
+            or name == "query_embed.weight"
+        )
+        assert (name in names_no) == excluded, name
+    assert any(n.endswith("mixer.A_log") for n in names_no)
+    assert any(n.endswith("mixer.D_b") for n in names_no)
+    assert any(n.endswith("conv1d.weight") for n in names_decay)
+    assert any(n.endswith("norm.weight") for n in names_no)
+    assert any(n.endswith(".bias") for n in names_no)
+    opt = torch.optim.AdamW(parameter_groups(model, 1e-2), lr=1e-3)
+    a_log = model.layers[0].mixer.mamba[0].mixer.A_log
+    before = a_log.detach().clone()
+    opt.zero_grad()
+    model(torch.randn(1, 16, IN_DIM))["logits"].sum().backward()
+    a_log.grad = torch.zeros_like(a_log)  # a zero gradient: only weight decay could move it
+    opt.step()
+    assert torch.equal(a_log.detach(), before)
+
+
+def test_tiny_model_overfits_one_window():
+    torch.manual_seed(5)
+    cfg = tiny_cfg()
+    model = Detector(cfg, IN_DIM, C)
+    W = 16
+    x = torch.randn(1, W, IN_DIM)
+    gt_seg = torch.tensor([[0.1, 0.3], [0.55, 0.9]])
+    gt_cls = torch.tensor([0, 2])
+    # Fixed assignment: queries 1 and 5 are the positives, all others background.
+    target_cls = torch.full((cfg.num_queries,), C)
+    target_cls[1], target_cls[5] = gt_cls
+    dense = torch.zeros(1, W, C)
+    dense[0, 2:5, 0] = 1
+    dense[0, 9:15, 2] = 1
+    opt = torch.optim.AdamW(parameter_groups(model, 1e-4), lr=3e-3)
+
+    def loss_fn(out):
+        ce = F.cross_entropy(out["logits"][:, 0].reshape(-1, C + 1), target_cls.repeat(2))
+        l1 = (out["segments"][:, 0, [1, 5]] - gt_seg).abs().sum(-1).mean()
+        bce = F.binary_cross_entropy_with_logits(out["dense_logits"], dense)
+        return ce + 5 * l1 + bce, l1
+
+    first = None
+    for _ in range(60):
+        loss, l1 = loss_fn(model(x))
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    loss, l1 = loss_fn(out)
+    assert loss.item() < 0.2 * first
+    assert (out["segments"][-1, 0, [1, 5]] - gt_seg).abs().max() < 0.05
+    assert torch.equal(out["logits"][-1, 0].argmax(-1), target_cls)
+
+
+def test_default_config_builds_with_expected_parts():
+    cfg = dataclasses.replace(ModelConfig(), num_layers=1)
+    model = Detector(cfg, 2048, 17)
+    mamba = [m for m in model.modules() if isinstance(m, Mamba)]
+    assert len(mamba) == cfg.mamba.layers
+    assert mamba[0].d_inner == 1024 and mamba[0].dt_rank == 32
+    assert model.query_points.shape == (48, 30)
