@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -315,18 +315,22 @@ def pose_track(
     plan: Sequence[PlannedGesture],
     size: tuple[int, int],
     rng: np.random.Generator,
+    idle: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Pixel positions of every joint in every frame: {joint: (T, 2) float64 x, y}."""
+    """Pixel positions of every joint in every frame: {joint: (T, 2) float64 x, y}.
+
+    idle scales the idle motions (breathing, drift, sway); 0 gives a figure still between gestures.
+    """
     w, h = size
     t = np.arange(num_frames) / fps
     body = {j: np.tile(np.asarray(REST[j], dtype=np.float64), (num_frames, 1)) for j in JOINTS}
     # Idle life: breathing lifts the shoulders and head; hands and head drift a little.
-    breath = 0.35 * np.sin(2 * math.pi * t / rng.uniform(3.2, 4.5) + rng.uniform(0, 6.3))
+    breath = idle * 0.2 * np.sin(2 * math.pi * t / rng.uniform(3.2, 4.5) + rng.uniform(0, 6.3))
     for j in ("shoulder_R", "shoulder_L", "neck", "head"):
         body[j][:, 1] += breath
     for j in ("hand_R", "hand_L", "elbow_R", "elbow_L", "head"):
-        body[j][:, 0] += _smooth_noise(rng, t, 0.35)
-        body[j][:, 1] += _smooth_noise(rng, t, 0.35)
+        body[j][:, 0] += _smooth_noise(rng, t, idle * 0.15)
+        body[j][:, 1] += _smooth_noise(rng, t, idle * 0.15)
     for p in plan:
         n = p.end - p.start + 1
         env = envelope(n, fps)[:, None]
@@ -340,8 +344,8 @@ def pose_track(
                 move[:, 1] += p.amp * osc.ay * np.sin(wt + osc.py)
             body[j][p.start : p.end + 1] += env * move
     # Sway and lean of the upper body about the pelvis; the feet stay planted.
-    sway = 0.5 * np.sin(2 * math.pi * t / rng.uniform(4.5, 6.5) + rng.uniform(0, 6.3))
-    lean = 0.012 * np.sin(2 * math.pi * t / rng.uniform(3.5, 5.0) + rng.uniform(0, 6.3))
+    sway = idle * 0.2 * np.sin(2 * math.pi * t / rng.uniform(4.5, 6.5) + rng.uniform(0, 6.3))
+    lean = idle * 0.004 * np.sin(2 * math.pi * t / rng.uniform(3.5, 5.0) + rng.uniform(0, 6.3))
     c, s = np.cos(lean)[:, None], np.sin(lean)[:, None]
     unit = h / 120.0
     out = {}
@@ -451,8 +455,15 @@ def draw_frames(joints: dict[str, np.ndarray], look: Look, unit: float) -> np.nd
     return np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
 
 
-def encode_video(path: Path, frames_iter, size: tuple[int, int], fps: float) -> None:
-    """Write H.264 yuv420p frames (an iterable of (H, W, 3) uint8 batches) atomically to `path`."""
+def encode_video(
+    path: Path, frames_iter: Iterable[np.ndarray], size: tuple[int, int], fps: float, keyint: int
+) -> None:
+    """Write H.264 yuv420p frames (an iterable of (N, H, W, 3) uint8 batches) atomically to `path`.
+
+    keyint: frames between keyframes. Every keyframe re-quantises the still background, which
+    makes a frame-difference flash larger than a gesture at this size, so callers put one
+    keyframe per video (sequential decoding of these small videos is cheap).
+    """
     import av
 
     path = Path(path)
@@ -463,7 +474,7 @@ def encode_video(path: Path, frames_iter, size: tuple[int, int], fps: float) -> 
             stream.width, stream.height = size
             stream.pix_fmt = "yuv420p"
             stream.thread_count = 1  # the renderer is meant to share a core; also deterministic
-            stream.options = {"crf": "18", "preset": "veryfast"}
+            stream.options = {"crf": "18", "preset": "veryfast", "g": str(max(1, keyint))}
             for batch in frames_iter:
                 for frame in batch:
                     vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
@@ -480,6 +491,13 @@ def encode_video(path: Path, frames_iter, size: tuple[int, int], fps: float) -> 
 CHUNK = 32  # frames drawn at once
 
 
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    w, h = size
+    if w % 2 or h % 2 or w < 32 or h < 24:
+        raise ValueError(f"size must be even (yuv420p) and at least 32x24, got {w}x{h}")
+    return w, h
+
+
 def render_video(
     path: Path,
     num_frames: int,
@@ -489,17 +507,16 @@ def render_video(
     seed: int = 0,
     progress: tqdm | None = None,
     skeleton: Path | None = None,
+    idle: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Render one video of `plan` to `path` (mp4); returns the joints {name: (T, 2) pixels}.
 
     skeleton: where to write the joints as CSV (header, then x,y of each joint per frame).
     """
-    w, h = size
-    if w % 2 or h % 2 or w < 32 or h < 24:
-        raise ValueError(f"size must be even and at least 32x24, got {w}x{h}")
+    w, h = _check_size(size)
     rng = np.random.default_rng([seed, 1])
     look = make_look(size, rng)
-    joints = pose_track(num_frames, fps, plan, size, rng)
+    joints = pose_track(num_frames, fps, plan, size, rng, idle)
     unit = h / 120.0
     if skeleton is not None:
         header = ",".join(f"{j}_{c}" for j in JOINTS for c in "xy")
@@ -513,7 +530,7 @@ def render_video(
             if progress is not None:
                 progress.update(f1 - f0)
 
-    encode_video(Path(path), batches(), size, fps)
+    encode_video(Path(path), batches(), size, fps, keyint=num_frames)
     return joints
 
 
@@ -553,6 +570,7 @@ def render_dataset(
     names = class_names(classes)
     if videos < 1 or minutes <= 0 or fps <= 0:
         raise ValueError("videos, minutes and fps must be positive")
+    _check_size(size)
     num_frames = int(round(minutes * 60 * fps))
     split = synthetic_split(videos)
     settings = {
