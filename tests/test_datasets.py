@@ -382,3 +382,20 @@ def test_cli_commands(smg_root, tmp_path):
     csv = _orig_csv(tmp_path / "labels_20200831.csv")
     res = runner.invoke(app, ["imigue", str(csv), "--out", str(out)])
     assert res.exit_code == 0 and set(json.loads(out.read_text())["database"]) == {"0184", "0371"}
+
+
+def test_smg_without_data_csv_reads_the_video(tmp_path):
+    d = tmp_path / "Sample0002"
+    d.mkdir()
+    _write_mp4(d / "Sample0002_color.mp4", frames=12, fps=30)
+    (d / "Sample0002_finelabels.csv").write_text("2,3,11\n")
+    ann = convert_smg(tmp_path, None, verbose=False)
+    v = ann["database"]["Sample0002"]
+    assert v["fps"] == 30.0 and v["duration"] == pytest.approx(0.4)
+    assert v["annotations"][0]["segment"] == [0.1, 0.4]
+    (d / "Sample0002_finelabels.csv").write_text("2,3,12\n")
+    with pytest.raises(DatasetError, match="line 1: end frame 12 is beyond the video's 12 frames"):
+        convert_smg(tmp_path, None, verbose=False)
+    (d / "Sample0002_color.mp4").write_bytes(b"not a video")
+    with pytest.raises(DatasetError, match=r"Sample0002_color\.mp4: not a readable video"):
+        convert_smg(tmp_path, None, verbose=False)
