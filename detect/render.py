@@ -105,7 +105,7 @@ GESTURES: tuple[Gesture, ...] = (
             "hand_L": (11.0, -2.0),
             "elbow_L": (25.0, -16.0),
         },
-    ),  # fmt: skip
+    ),
     Gesture(
         "rubbing hands",
         {
@@ -115,7 +115,7 @@ GESTURES: tuple[Gesture, ...] = (
             "elbow_L": (16.0, -15.0),
         },
         {"hand_R": Osc(0.5, 2.5, 3.0), "hand_L": Osc(0.5, 2.5, 3.0, math.pi, math.pi)},
-    ),  # fmt: skip
+    ),
     Gesture(
         "touching face",
         {"hand_R": (-4.0, -39.0), "elbow_R": (-11.0, -19.0)},
@@ -129,7 +129,7 @@ GESTURES: tuple[Gesture, ...] = (
             "hand_L": (-9.0, -17.0),
             "elbow_L": (15.0, -19.0),
         },
-    ),  # fmt: skip
+    ),
     Gesture(
         "holding arms",
         {"hand_R": (12.0, -23.0), "elbow_R": (-8.0, -16.0)},
@@ -159,7 +159,7 @@ GESTURES: tuple[Gesture, ...] = (
             "elbow_R": Osc(2.0, 2.0, 1.0, 0.0, _CIRCLE),
             "elbow_L": Osc(2.0, 2.0, 1.0, 2.0, 2.0),
         },
-    ),  # fmt: skip
+    ),
     Gesture(
         "turtling neck",
         {
@@ -168,7 +168,7 @@ GESTURES: tuple[Gesture, ...] = (
             "neck": (0.0, -32.0),
             "head": (0.0, -41.0),
         },
-    ),  # fmt: skip
+    ),
     Gesture(
         "scratching neck",
         {"hand_R": (-4.0, -35.0), "elbow_R": (-17.0, -21.0)},
