@@ -162,6 +162,8 @@ class WindowDataset(Dataset):
         ann = annotations.subset(subset)
         if not ann.videos:
             raise ValueError(f"no videos in subset {subset!r}")
+        self.subset = subset
+        self.video_ids = ann.video_ids()
         self.window = cfg.window
         self.num_classes = ann.num_classes
         self.classes = list(ann.classes)

@@ -155,3 +155,10 @@ def test_point_sampler_init_and_per_point_offsets():
     pos = (points.unsqueeze(-1) + o).view(B, Nq * Ns, K)
     ref = sample_ref(feats, pos, wts.reshape(B, Nq * Ns, K)).view(B, Nq, Ns, D)
     torch.testing.assert_close(out, ref)
+
+
+def test_nan_positions_give_nan_features_not_a_crash():
+    feats = torch.randn(1, 16, 4)
+    pos = torch.tensor([[[0.5, float("nan")]]])
+    out = sample_features(feats, pos)
+    assert torch.isnan(out).all()

@@ -39,7 +39,8 @@ def interpolation_taps(positions: Tensor, width: int) -> tuple[Tensor, Tensor, T
     if width < 1:
         raise ValueError(f"cannot sample a window of {width} feature steps")
     x = (positions * width - 0.5).clamp(0.0, width - 1)
-    i0 = x.detach().floor().clamp(max=max(width - 2, 0)).long()
+    # A NaN position (a diverged model) must give NaN features, not an out-of-range index.
+    i0 = torch.nan_to_num(x.detach(), nan=0.0).floor().clamp(max=max(width - 2, 0)).long()
     i1 = (i0 + 1).clamp(max=width - 1)
     frac = x - i0.to(x.dtype)
     return i0, i1, frac

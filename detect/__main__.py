@@ -1,0 +1,98 @@
+"""`python -m detect ...`: train, eval, score, synth, convert, synth-videos."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+SetOpt = typer.Option(None, "--set", help="override a config key: section.key=value (repeatable)")
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="TOML config (configs/*.toml)"),
+    features: Path = typer.Option(..., "--features", help="feature set folder ROOT/<key>"),
+    annotations: Path = typer.Option(..., "--annotations", help="canonical annotations.json"),
+    out: Path = typer.Option(..., "--out", help="run directory, e.g. runs/NAME"),
+    set_: Optional[list[str]] = SetOpt,  # noqa: UP007, UP045 - typer needs Optional here
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
+) -> None:
+    """Train the detector on cached features; the best epoch is chosen on `val`."""
+    from detect.config import load_config
+    from detect.train import train as run_train
+
+    cfg = load_config(config, set_ or [])
+    result = run_train(cfg, features, annotations, out, resume=resume)
+    typer.echo(f"best {cfg.train.select_metric} on val: {result['best_metric']:.4f} "
+               f"(epoch {result['best_epoch']}); run: {out}")
+
+
+@app.command("eval")
+def eval_(
+    run: Path = typer.Argument(..., help="run directory"),
+    subset: str = typer.Option("test", "--subset"),
+) -> None:
+    """Predict on a subset with the best checkpoint; write predictions, MiGA CSVs, metrics."""
+    from detect.evaluate import evaluate_run
+
+    evaluate_run(run, subset)
+
+
+@app.command()
+def score(
+    predictions: Path = typer.Option(..., "--predictions"),
+    annotations: Path = typer.Option(..., "--annotations"),
+    subset: str = typer.Option("test", "--subset"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the metrics as JSON"),  # noqa: UP045
+) -> None:
+    """Score a predictions JSON against annotations (MiGA F1, strict F1, mAP)."""
+    from detect.metrics import format_table, score_files
+
+    metrics = score_files(predictions, annotations, subset, out)
+    typer.echo(format_table(metrics))
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out"),
+    videos: int = typer.Option(40, "--videos"),
+    classes: int = typer.Option(8, "--classes"),
+    seed: int = typer.Option(0, "--seed"),
+    noise: float = typer.Option(1.0, "--noise", help="0 gives a clean, easy set"),
+) -> None:
+    """Write a synthetic feature set and annotations.json (for tests, demos, benchmarks)."""
+    from detect.synth import synth_feature_set
+
+    fs, ann_path = synth_feature_set(out, videos=videos, classes=classes, seed=seed, noise=noise)
+    typer.echo(f"features: {fs.path}\nannotations: {ann_path}")
+
+
+def _mount_dataset_commands() -> None:
+    from detect.datasets.cli import app as convert_app
+    from detect.datasets.cli import synth_videos
+
+    app.add_typer(convert_app, name="convert", help="convert SMG / iMiGUE / ActivityNet labels")
+    app.command("synth-videos")(synth_videos)
+
+
+_mount_dataset_commands()
+
+
+def main() -> None:
+    from detect.config import ConfigError
+    from detect.rundir import RunError
+
+    try:
+        app()
+    except (ConfigError, RunError, ValueError) as e:  # bad input: message, no traceback
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

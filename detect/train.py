@@ -1,0 +1,291 @@
+"""Training on cached features: windows -> detector -> Hungarian set losses, best epoch on `val`.
+
+One process by default; under `torchrun` it trains with DDP (gloo on CPU, NCCL on CUDA).
+Checkpoints are written atomically every epoch with the optimiser, scheduler and RNG states, so
+`--resume` continues a killed run and reaches the same final metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detect.annotations import Annotations, load_annotations
+from detect.config import Config, config_to_dict
+from detect.evaluate import evaluate_subset
+from detect.losses import SetCriterion
+from detect.model.detector import Detector, parameter_groups
+from detect.rundir import (
+    BEST,
+    LAST,
+    RunError,
+    append_metrics_row,
+    load_checkpoint,
+    read_run,
+    save_checkpoint,
+    write_run_files,
+)
+from detect.windows import WindowDataset, collate_windows
+from extract.cache import FeatureSet
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError("device 'cuda' was asked for but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise RunError(f"unknown device {name!r} (auto, cpu or cuda)")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int) -> Detector:
+    return Detector(cfg.model, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
+
+
+def feature_dims(fs: FeatureSet, video_id: str, use_res4: bool) -> tuple[int, int]:
+    v = fs.load(video_id, with_res4=use_res4)
+    return v.features.shape[1], (v.res4.shape[1] if v.res4 is not None else 0)
+
+
+def autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out = dict(batch)
+    for k in ("features", "res4", "dense"):
+        if out.get(k) is not None:
+            out[k] = out[k].to(device, non_blocking=True)
+    out["targets"] = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
+    return out
+
+
+def _rng_state() -> dict[str, Any]:
+    # Shuffling uses its own per-epoch generator; only dropout draws from the global torch RNG.
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    cfg: Config,
+    features: Path,
+    annotations: Path,
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    max_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train a detector; returns the best val metrics. `max_epochs` stops early (for tests)."""
+    out = Path(out)
+    device = resolve_device(cfg.train.device)
+    ddp = Distributed.from_env(device)
+    if ddp.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+
+    fs = FeatureSet.find(Path(features))
+    ann: Annotations = load_annotations(Path(annotations), feature_set=fs)
+    if resume:
+        old_cfg, info = read_run(out)
+        if info["feature_set"]["key"] != fs.key:
+            raise RunError(
+                f"{out}: run was trained on feature set {info['feature_set']['key']!r}, "
+                f"not {fs.key!r}"
+            )
+        if config_to_dict(old_cfg) != config_to_dict(cfg):
+            raise RunError(f"{out}: --resume with a config that differs from {out}/config.toml")
+    elif ddp.main:
+        if (out / LAST).exists():
+            raise RunError(f"{out}: a run is already there; pass --resume or choose another --out")
+        write_run_files(out, cfg, fs, Path(annotations), {"classes": ann.classes})
+
+    seed_everything(cfg.train.seed + ddp.rank)
+    train_ds = WindowDataset(fs, ann, "train", cfg.data, train=True)
+    # Without a `val` subset the best epoch falls back to the lowest training loss.
+    val_ds = None
+    if ann.subset("val").videos:
+        val_ds = WindowDataset(fs, ann, "val", cfg.data, train=False)
+    in_dim, res4_dim = feature_dims(fs, train_ds.video_ids[0], cfg.data.use_res4)
+    model = build_model(cfg, in_dim, len(ann.classes), res4_dim).to(device)
+    criterion = SetCriterion(cfg.loss, len(ann.classes))
+    optim = torch.optim.AdamW(
+        parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.lr
+    )
+    sched = torch.optim.lr_scheduler.StepLR(optim, cfg.train.lr_step, cfg.train.lr_gamma)
+
+    start_epoch, best_metric, best_epoch = 0, -math.inf, -1
+    if resume and (out / LAST).is_file():
+        ck = load_checkpoint(out / LAST)
+        model.load_state_dict(ck["model"])
+        optim.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best_metric, best_epoch = ck["epoch"] + 1, ck["best_metric"], ck["best_epoch"]
+        _set_rng_state(ck["rng"])
+
+    net: torch.nn.Module = model
+    if ddp.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    epochs = cfg.train.epochs if max_epochs is None else min(cfg.train.epochs, max_epochs)
+    use_amp = cfg.train.amp
+    for epoch in range(start_epoch, epochs):
+        t0 = time.time()
+        # The shuffle depends only on (seed, epoch), so a resumed run sees the same order.
+        order = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
+        indices = torch.randperm(len(train_ds), generator=order).tolist()
+        indices = indices[ddp.rank :: ddp.world_size]
+        loader = DataLoader(
+            torch.utils.data.Subset(train_ds, indices),
+            batch_size=cfg.train.batch_size,
+            shuffle=False,
+            collate_fn=collate_windows,
+            num_workers=cfg.train.num_workers,
+        )
+        net.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ddp.main),
+                   leave=False)
+        for batch in bar:
+            batch = _to_device(batch, device)
+            with autocast(device, use_amp):
+                outputs = net(batch["features"], batch.get("res4"))
+            outputs = {k: v.float() for k, v in outputs.items()}
+            bad = [k for k, v in outputs.items() if not torch.isfinite(v).all()]
+            if not bad:
+                loss, logs = criterion(outputs, batch["targets"], batch["dense"])
+                if not torch.isfinite(loss):
+                    bad = ["loss"]
+            if bad:
+                raise TrainingDiverged(
+                    f"NaN or inf in {', '.join(bad)} at epoch {epoch + 1}, step {steps + 1}; "
+                    f"the last good checkpoint is {out / LAST}. Try a lower train.lr or "
+                    "train.clip_grad."
+                )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+            optim.step()
+            steps += 1
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        lr = optim.param_groups[0]["lr"]
+        sched.step()
+
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_windows": len(indices)}
+        row.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
+        if ddp.main:
+            metrics = {}
+            if val_ds is not None:
+                metrics, _ = evaluate_subset(model, val_ds, ann, cfg, device, threshold=None)
+                row.update({f"val_{k}": metrics[k] for k in ("f1_miga", "f1_strict", "map")})
+            current = metrics.get(cfg.train.select_metric, -row["train_loss"])
+            if current >= best_metric:  # ties go to the later, longer-trained epoch
+                best_metric, best_epoch = current, epoch + 1
+                save_checkpoint(out / BEST, _checkpoint(model, cfg, ann, in_dim, res4_dim, epoch,
+                                                        best_metric, best_epoch))
+            row["seconds"] = round(time.time() - t0, 3)
+            append_metrics_row(out, row)
+            state = _checkpoint(model, cfg, ann, in_dim, res4_dim, epoch, best_metric, best_epoch)
+            state.update(optimizer=optim.state_dict(), scheduler=sched.state_dict(),
+                         rng=_rng_state())
+            save_checkpoint(out / LAST, state)
+            if progress:
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
+        if ddp.world_size > 1:
+            dist.barrier()
+
+    if ddp.main:
+        finalize_threshold(out, val_ds, ann, cfg, device)
+    if ddp.world_size > 1:
+        dist.barrier()
+    return {"best_metric": best_metric, "best_epoch": best_epoch}
+
+
+def _checkpoint(model: Detector, cfg: Config, ann: Annotations, in_dim: int, res4_dim: int,
+                epoch: int, best_metric: float, best_epoch: int) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "config": config_to_dict(cfg),
+        "classes": list(ann.classes),
+        "in_dim": in_dim,
+        "res4_dim": res4_dim,
+        "epoch": epoch,
+        "best_metric": float(best_metric),
+        "best_epoch": int(best_epoch),
+    }
+
+
+def finalize_threshold(out: Path, val_ds: WindowDataset | None, ann: Annotations, cfg: Config,
+                       device: torch.device) -> None:
+    """Store in best.pt the score threshold that maximises F1 on `val` (never on `test`)."""
+    ck = load_checkpoint(out / BEST)
+    model = build_model(cfg, ck["in_dim"], len(ck["classes"]), ck["res4_dim"]).to(device)
+    model.load_state_dict(ck["model"])
+    threshold = 0.0
+    if val_ds is not None:
+        metrics, _ = evaluate_subset(model, val_ds, ann, cfg, device, threshold=None)
+        threshold = metrics["threshold"]
+    ck["threshold"] = float(threshold)
+    save_checkpoint(out / BEST, ck)

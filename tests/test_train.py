@@ -1,0 +1,94 @@
+"""Stage two end to end on synthetic feature sets: learning, resume, divergence, eval outputs."""
+
+import json
+
+import pytest
+import torch
+
+from detect.config import load_config
+from detect.evaluate import evaluate_run
+from detect.metrics import score_files
+from detect.rundir import BEST, LAST, RunError, load_checkpoint, read_metrics_rows
+from detect.submission import read_miga_csv
+from detect.synth import synth_feature_set
+from detect.train import TrainingDiverged, train
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    fs, ann = synth_feature_set(out, videos=10, classes=3, seed=1, noise=0.0, dim=16,
+                                min_duration_s=40, max_duration_s=60)
+    return fs, ann
+
+
+TINY = [
+    "data.window=32", "model.hidden_dim=32", "model.num_queries=8", "model.num_points=6",
+    "model.num_layers=2", "model.num_heads=2", "model.ffn_dim=64", "model.mix_dim=8",
+    "model.dropout=0.1", "train.batch_size=4", "train.lr=1e-3", "train.epochs=3",
+    "train.device=cpu",
+]
+
+
+def test_resume_reaches_the_same_result(tiny_set, tmp_path):
+    fs, ann = tiny_set
+    cfg = load_config(None, TINY)
+    train(cfg, fs.path, ann, tmp_path / "full", progress=False)
+    train(cfg, fs.path, ann, tmp_path / "cut", progress=False, max_epochs=1)
+    assert load_checkpoint(tmp_path / "cut" / LAST)["epoch"] == 0
+    train(cfg, fs.path, ann, tmp_path / "cut", resume=True, progress=False)
+    full, cut = read_metrics_rows(tmp_path / "full"), read_metrics_rows(tmp_path / "cut")
+    drop = {"seconds"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in full] == [
+        {k: v for k, v in r.items() if k not in drop} for r in cut
+    ]
+    a, b = load_checkpoint(tmp_path / "full" / BEST), load_checkpoint(tmp_path / "cut" / BEST)
+    assert a["threshold"] == b["threshold"] and a["best_epoch"] == b["best_epoch"]
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+
+
+def test_refuses_existing_run_and_mismatched_features(tiny_set, tmp_path):
+    fs, ann = tiny_set
+    cfg = load_config(None, [*TINY, "train.epochs=1"])
+    train(cfg, fs.path, ann, tmp_path / "r", progress=False)
+    with pytest.raises(RunError, match="already there"):
+        train(cfg, fs.path, ann, tmp_path / "r", progress=False)
+    other = load_config(None, [*TINY, "train.epochs=2"])
+    with pytest.raises(RunError, match="differs"):
+        train(other, fs.path, ann, tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(ValueError, match="stride"):
+        train(load_config(None, [*TINY, "data.stride=8"]), fs.path, ann, tmp_path / "s",
+              progress=False)
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_last_good(tiny_set, tmp_path):
+    fs, ann = tiny_set
+    # Epoch 1 trains normally; the schedule then multiplies the lr by 1e30.
+    cfg = load_config(None, [*TINY, "train.lr_step=1", "train.lr_gamma=1e30",
+                             "train.clip_grad=0.0"])
+    with pytest.raises(TrainingDiverged, match="epoch 2"):
+        train(cfg, fs.path, ann, tmp_path / "nan", progress=False)
+    ck = load_checkpoint(tmp_path / "nan" / LAST)
+    assert ck["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_small_model_learns_clean_synthetic_set(tmp_path):
+    fs, ann = synth_feature_set(tmp_path / "d", videos=16, classes=4, seed=0, noise=0.0, dim=32,
+                                min_duration_s=60, max_duration_s=90)
+    cfg = load_config("configs/synthetic-small.toml", ["train.device=cpu"])
+    run = tmp_path / "run"
+    train(cfg, fs.path, ann, run, progress=False)
+    metrics = evaluate_run(run, "test", progress=False)
+    assert metrics["f1_strict"] >= 0.8, metrics
+    # The written predictions re-score to the same figures with the standalone scorer.
+    again = score_files(run / "predictions.json", ann, "test")
+    for k in ("f1_miga", "f1_strict"):
+        assert again[k] == pytest.approx(metrics[k])
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["subset"] == "test" and saved["f1_strict"] == pytest.approx(metrics["f1_strict"])
+    preds = json.loads((run / "predictions.json").read_text())["results"]
+    rows = sum(len(read_miga_csv(p)) for p in (run / "submission").glob("*.csv"))
+    assert rows == sum(len(v) for v in preds.values()) > 0
