@@ -175,6 +175,16 @@ def _to_rgb(frame: av.VideoFrame, rotation: int) -> np.ndarray:
     return rgb
 
 
+def _declared_duration(container: Any, stream: Any) -> float:
+    """The video's duration as the container states it (0 when unknown)."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    # Matroska states only the file's duration; it is the video's when no other stream exists.
+    if container.duration and all(s.type == "video" for s in container.streams):
+        return container.duration / 1_000_000
+    return 0.0
+
+
 def open_video(path: Path) -> tuple[Any, Any]:
     """Open `path` and return (container, video stream), with a clear error for bad input."""
     path = Path(path)
@@ -207,6 +217,7 @@ def iter_sampled(
     rate = Fraction(fps).limit_denominator(1_000_000)
     container, stream = open_video(path)
     result.codec = stream.codec_context.name
+    declared = _declared_duration(container, stream)
     result.source_fps = float(stream.average_rate) if stream.average_rate else 0.0
     k = 0
     n_src = 0
@@ -262,6 +273,13 @@ def iter_sampled(
     result.num_frames = k
     result.source_frames = n_src
     result.duration = float(prev_t + last_len)
+    if declared and result.duration < declared - max(0.5, 0.05 * declared):
+        # FFmpeg conceals damaged or missing data by skipping it; a video that ends early would
+        # silently shift every later label, so treat it as broken.
+        raise DecodeError(
+            f"{path}: truncated or corrupt: decoded {result.duration:.2f} s of the "
+            f"{declared:.2f} s the container declares (last good source frame {n_src - 1})"
+        )
     if not result.source_fps and prev_t > 0:
         result.source_fps = float((n_src - 1) / prev_t)
 
