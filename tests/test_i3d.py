@@ -81,7 +81,7 @@ def test_receptive_field_matches_perturbation(backbone, frames):
     assert torch.equal(changed, depends)
 
 
-@pytest.mark.parametrize("stride,chunk", [(2, 6), (4, 8), (4, 12), (8, 16)])
+@pytest.mark.parametrize("stride,chunk", [(2, 6), (4, 12), (8, 16)])
 def test_chunked_equals_one_pass_and_float64_reference(backbone, frames, stride, chunk):
     one = ChunkedExtractor(backbone, stride, "cpu", RunOptions(chunk_frames=1024))
     many = ChunkedExtractor(backbone, stride, "cpu", RunOptions(chunk_frames=chunk))
