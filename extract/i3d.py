@@ -216,11 +216,14 @@ def build_backbone(weights: str = "kinetics", seed: int = 0,
     return backbone, info
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto", local_rank: int | None = None) -> torch.device:
+    """auto: CUDA when present, else CPU. A bare "cuda" under torchrun means this rank's GPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but CUDA is not available")
+    if device == "cuda" and local_rank is not None:
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
     return torch.device(device)
 
 

@@ -236,7 +236,8 @@ class Extractor:
 
     def __init__(self, cfg: ExtractConfig) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        local = os.environ.get("LOCAL_RANK")
+        self.device = resolve_device(cfg.device, int(local) if local is not None else None)
         self.backbone, self.weights = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
         chunk = cfg.chunk_frames or default_chunk_frames(self.device)
         self.runner = ChunkedExtractor(
