@@ -1,0 +1,72 @@
+"""`python -m extract features VIDEOS... --out ROOT` and `python -m extract info ROOT/<key>`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Stage one: decode videos at 10 fps and cache I3D features in HDF5.")
+
+
+class Dtype(str, Enum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+@app.command()
+def features(
+    videos: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Feature cache root; the set goes to OUT/<key>/."),
+    weights: str = typer.Option("kinetics", help="kinetics | random | PATH to a checkpoint."),
+    seed: int = typer.Option(0, help="Seed of --weights random."),
+    stride: int = typer.Option(4, help="10 fps frames per stored feature: 2, 4 or 8."),
+    short_side: int = typer.Option(256, help="Resize the short side to this (0: keep)."),
+    crop: int = typer.Option(224, help="Centre crop size (0: whole frame)."),
+    res4: bool = typer.Option(False, "--res4", help="Also store res4 (1024-d) features."),
+    dtype: Dtype = typer.Option(Dtype.float16, help="Stored feature dtype."),
+    chunk_frames: int = typer.Option(0, help="Frames per model chunk (0: 512 on CUDA, 256 CPU)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    workers: int = typer.Option(1, help="Videos decoded at once (decode-ahead)."),
+    id_suffix: str = typer.Option("", help="Strip this suffix from file stems to get video ids."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Extract features for every video into one feature set; prints the feature-set path."""
+    from extract.i3d import WeightsError
+    from extract.pipeline import ExtractConfig, format_summary, run_extraction, strip_suffix_id
+
+    try:
+        cfg = ExtractConfig(weights=weights, seed=seed, stride=stride, short_side=short_side,
+                            crop=crop, res4=res4, dtype=dtype.value,
+                            chunk_frames=chunk_frames or None, device=device, workers=workers)
+        summary = run_extraction(videos, out, cfg, id_fn=strip_suffix_id(id_suffix),
+                                 progress=progress)
+    except (WeightsError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(format_summary(summary), err=True)
+    typer.echo(str(summary.featureset))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="A feature set folder ROOT/<key>.")) -> None:
+    """Summarise a feature set and verify every file; exit 1 if any is broken."""
+    from extract.cache import CacheError
+    from extract.pipeline import inspect_featureset
+
+    try:
+        report = inspect_featureset(path)
+    except CacheError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo("\n".join(report.lines()))
+    if report.broken:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,439 @@
+"""Extract I3D features for many videos into one feature set (`ROOT/<key>/`), resumably.
+
+- Every video that fails (missing, empty, corrupt, not a video, audio only, too short) is reported
+  with its path and reason in the summary and in `failures.json`; the others are still done.
+- A re-run skips finished videos by their stored source size and mtime, without decoding them.
+- Under torchrun (RANK / WORLD_SIZE set) the sorted video list is split round-robin between ranks;
+  `failures.json` is updated under a file lock, so ranks never clobber each other's entries.
+- Decoding of the next `workers - 1` videos overlaps the model run of the current one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from extract.cache import (
+    FAILURES_FILE,
+    CacheError,
+    FeatureMeta,
+    FeatureSet,
+    atomic_write_json,
+    feature_timestamps,
+    read_meta,
+    read_video,
+    write_video,
+)
+from extract.decode import VIDEO_EXTENSIONS, DecodeError, DecodeSettings, FrameStream
+from extract.i3d import (
+    MODEL_NAME,
+    ChunkedExtractor,
+    RunOptions,
+    Weights,
+    build_backbone,
+    default_chunk_frames,
+    resolve_device,
+)
+from extract.provenance import mgdet_version, versions
+
+IdFn = Callable[[Path], str]
+
+
+@dataclass
+class ExtractConfig:
+    """Resolved options of one extraction run (see `python -m extract features --help`)."""
+
+    weights: str = "kinetics"
+    seed: int = 0
+    stride: int = 4
+    short_side: int = 256
+    crop: int = 224
+    res4: bool = False
+    dtype: str = "float16"
+    chunk_frames: int | None = None
+    device: str = "auto"
+    workers: int = 1
+    batch_chunks: int = 4
+    fps: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.stride not in (2, 4, 8):
+            raise ValueError(f"stride must be 2, 4 or 8, got {self.stride}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        DecodeSettings(self.fps, self.short_side, self.crop)  # validates
+
+
+@dataclass
+class RunSummary:
+    """Outcome of one run (of this rank). failed: video_id -> "path: reason"."""
+
+    featureset: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    video_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def find_videos(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given (even missing ones: they are reported as failures), folders searched
+    recursively for video extensions. Sorted, without duplicates."""
+    found: set[Path] = set()
+    for item in map(Path, inputs):
+        if item.is_dir():
+            for p in item.rglob("*"):
+                hidden = p.name.startswith(".")
+                if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not hidden:
+                    found.add(p)
+        else:
+            found.add(item)
+    return sorted(found)
+
+
+def strip_suffix_id(suffix: str) -> IdFn:
+    """An id function: the file stem without `suffix` (e.g. "_color": Sample0001_color.mp4 ->
+    Sample0001)."""
+
+    def video_id(path: Path) -> str:
+        stem = path.stem
+        return stem[: -len(suffix)] if suffix and stem.endswith(suffix) else stem
+
+    return video_id
+
+
+def assign_ids(paths: Sequence[Path], id_fn: IdFn | None = None) -> dict[str, Path]:
+    """video_id -> path, sorted by id. Two paths with the same id are an error."""
+    id_fn = id_fn or (lambda p: p.stem)
+    ids: dict[str, Path] = {}
+    clashes = []
+    for p in paths:
+        vid = id_fn(p)
+        if not vid or "/" in vid or vid.startswith("."):
+            raise ValueError(f"{p}: unusable video id {vid!r}")
+        if vid in ids:
+            clashes.append(f"{vid!r}: {ids[vid]} and {p}")
+        ids[vid] = p
+    if clashes:
+        raise ValueError("several videos share an id: " + "; ".join(clashes))
+    return dict(sorted(ids.items()))
+
+
+def dist_rank() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) without it."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+    return rank, world
+
+
+def featureset_settings(cfg: ExtractConfig, weights: Weights) -> tuple[str, dict[str, Any]]:
+    """(readable name, settings that change the numbers) for `FeatureSet.create`."""
+    layers = ["res5", "res4"] if cfg.res4 else ["res5"]
+    kind = weights.label if weights.label in ("kinetics", "random") else Path(weights.label).stem
+    settings = {
+        "model": MODEL_NAME,
+        "weights": kind,
+        "weights_sha256": weights.sha256,
+        "fps": cfg.fps,
+        "stride": cfg.stride,
+        "short_side": cfg.short_side,
+        "crop": cfg.crop,
+        "layers": layers,
+        "dtype": cfg.dtype,
+        "sampling": "last-frame-with-pts<=k/fps",
+        "resize": "torch-bilinear-no-antialias-uint8",
+        "normalize": {"mean": 0.45, "std": 0.225},
+    }
+    name = f"{MODEL_NAME}-{kind}-s{cfg.stride}-c{cfg.crop or cfg.short_side or 'full'}"
+    return name, settings
+
+
+def _source_stamp(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+
+
+def is_done(fs: FeatureSet, video_id: str, path: Path) -> bool:
+    """True when the feature file exists and was made from this exact source (size, mtime)."""
+    if not fs.has(video_id) or not path.is_file():
+        return False
+    try:
+        meta = read_meta(fs.video_path(video_id))
+    except CacheError:
+        return False
+    stamp = _source_stamp(path)
+    return all(meta.extra.get(k) == v for k, v in stamp.items())
+
+
+def remove_stale_temps(fs: FeatureSet, video_ids: Sequence[str]) -> int:
+    """Delete temporary files a killed run left for these videos (only ours: ranks may share)."""
+    wanted = set(video_ids)
+    pattern = re.compile(r"^\.(?P<vid>.+)\.[^.]+\.h5\.tmp$")
+    removed = 0
+    for p in fs.path.glob(".*.h5.tmp"):
+        m = pattern.match(p.name)
+        if m and m.group("vid") in wanted:
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+@contextmanager
+def _locked(fs: FeatureSet) -> Iterator[None]:
+    with open(fs.path / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update_failures(fs: FeatureSet, resolved: Sequence[str], failed: dict[str, str]) -> None:
+    """Drop `resolved` ids from failures.json and add `failed`, under an exclusive lock."""
+    with _locked(fs):
+        for p in fs.path.glob(f".{FAILURES_FILE}.*.tmp"):
+            p.unlink(missing_ok=True)  # left by a killed writer; we hold the lock
+        current = fs.failures()
+        for vid in resolved:
+            current.pop(vid, None)
+        current.update(failed)
+        path = fs.path / FAILURES_FILE
+        if current:
+            atomic_write_json(path, dict(sorted(current.items())))
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _decoder_versions() -> dict[str, Any]:
+    return {"pyav": av.__version__, "ffmpeg": {k: list(v) if isinstance(v, tuple) else v
+                                                for k, v in av.library_versions.items()}}
+
+
+class Extractor:
+    """Builds the model once and extracts videos one at a time (used by `run_extraction`)."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        self.cfg = cfg
+        local = os.environ.get("LOCAL_RANK")
+        self.device = resolve_device(cfg.device, int(local) if local is not None else None)
+        self.backbone, self.weights = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
+        chunk = cfg.chunk_frames or default_chunk_frames(self.device)
+        self.runner = ChunkedExtractor(
+            self.backbone, cfg.stride, self.device,
+            RunOptions(chunk_frames=chunk, batch_chunks=cfg.batch_chunks),
+        )
+        self.decode = DecodeSettings(cfg.fps, cfg.short_side, cfg.crop)
+
+    def stream(self, path: Path) -> FrameStream:
+        return FrameStream(path, self.decode, chunk=16, max_chunks=max(8, 2 * 16))
+
+    def extract(self, fs: FeatureSet, video_id: str, path: Path, stream: FrameStream,
+                bar: tqdm | None = None) -> FeatureMeta:
+        """Run one video and write its file atomically; raises DecodeError on bad input."""
+        stamp = _source_stamp(path) if path.is_file() else {}
+        step = (lambda n: bar.update(n)) if bar is not None else None
+        try:
+            feats = self.runner.run(stream, progress=step)
+        finally:
+            stream.close()
+        res = stream.result
+        if feats.res5.shape[0] == 0:
+            raise DecodeError(
+                f"{path}: too short for one feature ({res.num_frames} frames at {self.cfg.fps:g} "
+                f"fps, {res.duration:.3f} s; a feature needs {self.cfg.stride} frames)"
+            )
+        meta = FeatureMeta(
+            video_id=video_id,
+            fps=self.cfg.fps,
+            stride=self.cfg.stride,
+            source_path=str(path.resolve()),
+            source_fps=res.source_fps,
+            duration=res.duration,
+            num_frames=res.num_frames,
+            model=MODEL_NAME,
+            weights=self.weights.label,
+            weights_sha256=self.weights.sha256,
+            layers=["res5", "res4"] if self.cfg.res4 else ["res5"],
+            mgdet_version=mgdet_version(),
+            extra={**stamp, **res.stats(), "decoder": _decoder_versions(),
+                   "short_side": self.cfg.short_side, "crop": self.cfg.crop},
+        )
+        ts = feature_timestamps(feats.res5.shape[0], self.cfg.stride, self.cfg.fps)
+        write_video(fs.video_path(video_id), feats.res5, ts, meta, res4=feats.res4,
+                    dtype=self.cfg.dtype)
+        return meta
+
+
+def run_extraction(
+    inputs: Sequence[Path],
+    out: Path,
+    cfg: ExtractConfig,
+    id_fn: IdFn | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Extract every video under `inputs` into the feature set for `cfg` under `out`.
+
+    Returns this rank's summary; `summary.featureset` is `out/<key>`. Raises ValueError before any
+    work for duplicate ids, WeightsError for unusable weights.
+    """
+    started = time.time()
+    rank, world = dist_rank()
+    ids = assign_ids(find_videos(inputs), id_fn)
+    mine = dict(list(ids.items())[rank::world])
+    extractor = Extractor(cfg)
+    name, settings = featureset_settings(cfg, extractor.weights)
+    fs = FeatureSet.create(out, name, settings)
+    summary = RunSummary(featureset=fs.path)
+    remove_stale_temps(fs, list(mine))
+
+    todo = []
+    for vid, path in mine.items():
+        if is_done(fs, vid, path):
+            summary.skipped.append(vid)
+        else:
+            todo.append((vid, path))
+
+    bar_videos = tqdm(total=len(todo), desc=f"videos (rank {rank})" if world > 1 else "videos",
+                      unit="video", disable=not progress, position=0)
+    bar_frames = tqdm(desc="frames", unit="frame", disable=not progress, position=1, leave=False)
+    streams: dict[int, FrameStream] = {}
+    try:
+        for i, (vid, path) in enumerate(todo):
+            # Decode ahead: the next `workers - 1` videos start while this one runs the model.
+            for j in range(i, min(len(todo), i + cfg.workers)):
+                if j not in streams:
+                    streams[j] = extractor.stream(todo[j][1]).start()
+            stream = streams.pop(i)
+            try:
+                meta = extractor.extract(fs, vid, path, stream, bar_frames)
+                summary.done.append(vid)
+                summary.video_seconds += meta.duration
+            except (DecodeError, ValueError, RuntimeError, OSError) as e:
+                reason = str(e) if str(path) in str(e) else f"{path}: {e}"
+                summary.failed[vid] = reason
+                if path.is_file() and fs.has(vid):
+                    fs.video_path(vid).unlink()  # features of an older version of this source
+                tqdm.write(f"FAILED {reason}", file=sys.stderr)
+            bar_videos.update(1)
+    finally:
+        for s in streams.values():
+            s.close()
+        bar_frames.close()
+        bar_videos.close()
+    update_failures(fs, summary.done + summary.skipped, summary.failed)
+    summary.seconds = time.time() - started
+    _write_run_record(fs, cfg, extractor, summary, rank, world)
+    return summary
+
+
+def _write_run_record(fs: FeatureSet, cfg: ExtractConfig, extractor: Extractor,
+                      summary: RunSummary, rank: int, world: int) -> Path:
+    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = fs.path / "runs" / f"{now}-rank{rank}of{world}.json"
+    atomic_write_json(path, {
+        "config": asdict(cfg),
+        "device": str(extractor.device),
+        "chunk_frames": extractor.runner.chunk,
+        "halo": extractor.runner.halo,
+        "weights": asdict(extractor.weights),
+        "settings": fs.settings,
+        "versions": versions(),
+        "decoder": _decoder_versions(),
+        "rank": rank,
+        "world_size": world,
+        "done": summary.done,
+        "skipped": summary.skipped,
+        "failed": summary.failed,
+        "seconds": round(summary.seconds, 3),
+        "video_seconds": round(summary.video_seconds, 3),
+    })
+    return path
+
+
+def format_summary(summary: RunSummary) -> str:
+    lines = [f"done {len(summary.done)}, skipped {len(summary.skipped)} (already extracted), "
+             f"failed {len(summary.failed)} in {summary.seconds:.1f} s "
+             f"({summary.video_seconds:.1f} s of video)"]
+    for vid, reason in summary.failed.items():
+        lines.append(f"  FAILED {vid}: {reason}")
+    return "\n".join(lines)
+
+
+@dataclass
+class FeatureSetReport:
+    """What `inspect_featureset` found: per-video problems and totals."""
+
+    fs: FeatureSet
+    videos: int = 0
+    duration: float = 0.0
+    steps: int = 0
+    broken: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [f"feature set {self.fs.path}", f"  key {self.fs.key}"]
+        out += [f"  {k}: {json.dumps(v)}" for k, v in sorted(self.fs.settings.items())]
+        out.append(f"  videos {self.videos}, {self.duration:.1f} s ({self.duration / 3600:.2f} h), "
+                   f"{self.steps} features")
+        failures = self.fs.failures()
+        out.append(f"  failures.json: {len(failures)}")
+        out += [f"    {vid}: {why}" for vid, why in sorted(failures.items())]
+        out.append(f"  broken files: {len(self.broken)}")
+        out += [f"    {vid}: {why}" for vid, why in sorted(self.broken.items())]
+        return out
+
+
+def inspect_featureset(path: Path, progress: bool = True) -> FeatureSetReport:
+    """Read every file of a feature set and check shapes, timestamps and settings agree."""
+    fs = FeatureSet.open(path)
+    report = FeatureSetReport(fs=fs)
+    layers = fs.settings.get("layers", ["res5"])
+    for vid in tqdm(fs.video_ids(), desc="checking", unit="video", disable=not progress):
+        p = fs.video_path(vid)
+        try:
+            v = read_video(p, with_res4="res4" in layers)
+            m = v.meta
+            problems = []
+            if m.video_id != vid:
+                problems.append(f"video_id attribute {m.video_id!r} != file name")
+            if m.stride != fs.stride or m.fps != fs.fps:
+                problems.append(f"stride/fps {m.stride}/{m.fps} != set's {fs.stride}/{fs.fps}")
+            if m.weights_sha256 != fs.settings.get("weights_sha256"):
+                problems.append("weights_sha256 differs from the feature set's")
+            if v.num_steps != m.num_frames // m.stride or v.num_steps == 0:
+                problems.append(f"{v.num_steps} features for {m.num_frames} frames at stride "
+                                f"{m.stride} (expected {m.num_frames // m.stride})")
+            if v.features.shape[1] != 2048:
+                problems.append(f"feature width {v.features.shape[1]} != 2048")
+            expected = feature_timestamps(v.num_steps, m.stride, m.fps)
+            if not np.allclose(v.timestamps, expected, rtol=0, atol=1e-9):
+                problems.append("timestamps do not follow (i + 0.5) * stride / fps")
+            if problems:
+                report.broken[vid] = f"{p}: " + "; ".join(problems)
+            report.duration += m.duration
+            report.steps += v.num_steps
+        except CacheError as e:
+            report.broken[vid] = str(e)
+        report.videos += 1
+    return report

@@ -1,0 +1,238 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from extract.__main__ import app
+from extract.cache import FeatureMeta, FeatureSet, feature_timestamps, read_video
+from extract.decode import DecodeSettings, decode_all
+from extract.i3d import ChunkedExtractor, RunOptions, build_backbone
+from extract.pipeline import ExtractConfig, run_extraction, strip_suffix_id
+from tests.videos import cfr_times, write_audio_only, write_noise_video, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(weights="random", short_side=32, crop=32, device="cpu", chunk_frames=16)
+TINY_ARGS = ["--weights", "random", "--short-side", "32", "--crop", "32", "--device", "cpu",
+             "--chunk-frames", "16", "--no-progress"]
+
+
+def cfg(**kw) -> ExtractConfig:
+    return ExtractConfig(**{**TINY, **kw})
+
+
+def sub_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("videos")
+    write_noise_video(d / "Sample0001_color.mp4", 4.2, fps=25, seed=1)
+    (d / "sub").mkdir()
+    write_noise_video(d / "sub" / "Sample0002_color.mp4", 3.0, fps=10, seed=2)
+    return d
+
+
+def test_features_attributes_and_numbers(tmp_path, videos):
+    s = run_extraction([videos], tmp_path / "out", cfg(stride=4, res4=True, dtype="float32"),
+                       id_fn=strip_suffix_id("_color"), progress=False)
+    assert s.ok and s.done == ["Sample0001", "Sample0002"] and not s.skipped
+    fs = FeatureSet.open(s.featureset)
+    assert fs.video_ids() == ["Sample0001", "Sample0002"]
+    assert fs.settings["stride"] == 4 and fs.settings["crop"] == 32
+    assert s.featureset.name.startswith("i3d_r50-random-s4-c32-")
+    v = fs.load("Sample0001", with_res4=True)
+    m = v.meta
+    assert {f.name for f in fields(FeatureMeta)} <= set(vars(m))
+    assert (m.video_id, m.fps, m.stride, m.model, m.weights) == (
+        "Sample0001", 10.0, 4, "i3d_r50", "random")
+    assert m.source_path == str((videos / "Sample0001_color.mp4").resolve())
+    assert m.source_fps == pytest.approx(25.0)
+    assert m.num_frames == 42 and m.duration == pytest.approx(4.2)
+    assert m.layers == ["res5", "res4"] and len(m.weights_sha256) == 64
+    st = (videos / "Sample0001_color.mp4").stat()
+    assert m.extra["source_size"] == st.st_size and m.extra["source_mtime_ns"] == st.st_mtime_ns
+    assert "pyav" in m.extra["decoder"] and m.extra["chosen_lag_max"] < 0.04
+    assert v.features.shape == (42 // 4, 2048) and v.res4.shape == (10, 1024)
+    np.testing.assert_allclose(v.timestamps, feature_timestamps(10, 4, 10.0))
+    # The pipeline's numbers are those of the model run directly on the decoded frames.
+    frames, _ = decode_all(videos / "Sample0001_color.mp4", DecodeSettings(10.0, 32, 32))
+    bb, _ = build_backbone("random", 0, res4=True)
+    direct = ChunkedExtractor(bb, 4, "cpu", RunOptions(chunk_frames=1024)).run([frames])
+    np.testing.assert_allclose(v.features, direct.res5, rtol=1e-4, atol=1e-5)
+    assert json.loads((next((s.featureset / "runs").glob("*.json"))).read_text())["done"] == [
+        "Sample0001", "Sample0002"]
+
+
+@pytest.mark.parametrize("stride", [2, 8])
+def test_stride_options(tmp_path, videos, stride):
+    s = run_extraction([videos / "sub"], tmp_path, cfg(stride=stride), progress=False)
+    v = FeatureSet.open(s.featureset).load("Sample0002_color")
+    assert v.features.shape == (30 // stride, 2048) and v.meta.stride == stride
+    np.testing.assert_allclose(v.timestamps, feature_timestamps(30 // stride, stride, 10.0))
+
+
+def test_resume_skips_without_decoding_and_redoes_changed(tmp_path, videos, monkeypatch):
+    out = tmp_path / "out"
+    first = run_extraction([videos], out, cfg(), progress=False)
+    decoded: list[Path] = []
+    import extract.pipeline as pipeline
+
+    real = pipeline.Extractor.stream
+
+    def spy(self, path):
+        decoded.append(Path(path))
+        return real(self, path)
+
+    monkeypatch.setattr(pipeline.Extractor, "stream", spy)
+    again = run_extraction([videos], out, cfg(), progress=False)
+    assert again.skipped == first.done and not again.done and decoded == []
+    target = videos / "Sample0001_color.mp4"
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        third = run_extraction([videos], out, cfg(), progress=False)
+    finally:
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert third.done == ["Sample0001_color"] and decoded == [target]
+    meta = FeatureSet.open(third.featureset).load("Sample0001_color").meta
+    assert meta.extra["source_mtime_ns"] == st.st_mtime_ns + 10**9
+
+
+def make_bad_inputs(d: Path) -> dict[str, str]:
+    """Write one file per bad-input case; returns id -> expected words of the reason."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "text.mp4").write_text("not a video\n" * 50)
+    write_audio_only(d / "audio.wav")
+    cut = write_video(d / "cut.mp4", cfr_times(10, 40))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    write_video(d / "short.mp4", cfr_times(10, 3))
+    return {
+        "missing": "does not exist",
+        "empty": "empty (0 bytes)",
+        "text": "not a video FFmpeg can read",
+        "audio": "no video stream",
+        "cut": "cut.mp4",
+        "short": "too short for one feature",
+    }
+
+
+def test_bad_inputs_are_reported_and_the_rest_is_done(tmp_path, videos):
+    bad = tmp_path / "bad"
+    expect = make_bad_inputs(bad)
+    good = videos / "sub" / "Sample0002_color.mp4"
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["features", str(bad), str(bad / "audio.wav"), str(tmp_path / "missing.mp4"),
+            str(good), "--out", str(out), *TINY_ARGS]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    fs = FeatureSet.open(Path(result.stdout.strip().splitlines()[-1]))
+    assert fs.video_ids() == ["Sample0002_color"]
+    failures = fs.failures()
+    assert set(failures) == set(expect)
+    for vid, words in expect.items():
+        assert words in failures[vid] and str(Path(failures[vid].split(":")[0]).name) in (
+            failures[vid]), failures[vid]
+        assert vid in result.stderr
+    assert not [p for p in fs.path.iterdir() if p.name.endswith(".tmp")]
+    # Fix one input: the next run extracts it and drops it from failures.json.
+    write_noise_video(bad / "short.mp4", 2.0)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "short" not in fs.failures() and fs.has("short") and len(fs.failures()) == 5
+
+
+def test_duplicate_ids_fail_before_any_work(tmp_path, videos):
+    other = tmp_path / "other"
+    other.mkdir()
+    write_video(other / "Sample0001_color.mkv", cfr_times(10, 8), codec="ffv1")
+    runner = CliRunner()
+    result = runner.invoke(app, ["features", str(videos), str(other), "--out",
+                                 str(tmp_path / "out"), *TINY_ARGS])
+    assert result.exit_code == 2
+    assert "share an id" in result.stderr and "Sample0001_color.mkv" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_info_verifies_every_file(tmp_path, videos):
+    s = run_extraction([videos], tmp_path, cfg(), progress=False)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["info", str(s.featureset)])
+    assert ok.exit_code == 0, ok.output
+    assert "videos 2, 7.2 s" in ok.stdout and "broken files: 0" in ok.stdout
+    (s.featureset / "Sample0001_color.h5").write_bytes(b"garbage")
+    bad = runner.invoke(app, ["info", str(s.featureset)])
+    assert bad.exit_code == 1 and "Sample0001_color.h5: not a readable HDF5" in bad.stdout
+
+
+def _cli(videos: list[Path], out: Path, env: dict[str, str], **popen) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "extract", "features", *map(str, videos), "--out", str(out),
+           *TINY_ARGS]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_kill_9_leaves_no_partial_file_and_rerun_completes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        write_noise_video(src / f"v{i}.mp4", 4.0, seed=i)
+    out = tmp_path / "out"
+    proc = _cli([src], out, sub_env())
+    deadline = time.time() + 120
+    # Kill as soon as the first video is written, while the next one is in flight.
+    while time.time() < deadline and proc.poll() is None:
+        if list(out.glob("*/*.h5")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (fs_dir,) = list(out.iterdir())
+    for h5 in fs_dir.glob("*.h5"):
+        read_video(h5)  # every visible file is complete
+    s = run_extraction([src], out, cfg(), progress=False)
+    assert s.ok and sorted(s.done + s.skipped) == ["v0", "v1", "v2"]
+    assert s.skipped  # the video finished before the kill is not redone
+    assert not list(fs_dir.glob(".*.tmp"))
+
+
+def test_two_ranks_give_the_same_feature_set_as_one_process(tmp_path, videos):
+    inputs = [videos, tmp_path / "missing_video.mp4"]
+    write_noise_video(tmp_path / "extra.mp4", 2.4, seed=9)
+    inputs.append(tmp_path / "extra.mp4")
+    # The ranks run at the same time, racing each other on failures.json.
+    ranks = [_cli(inputs, tmp_path / "two", dict(sub_env(), RANK=str(r), WORLD_SIZE="2"))
+             for r in range(2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1), so the float sums match
+    try:
+        single = run_extraction(inputs, tmp_path / "one", cfg(), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(single.failed) == ["missing_video"]
+    codes = [p.wait(timeout=300) for p in ranks]
+    assert sorted(codes) == [0, 1]  # the missing video belongs to exactly one rank
+    (one,) = list((tmp_path / "one").iterdir())
+    (two,) = list((tmp_path / "two").iterdir())
+    assert one.name == two.name
+    names = sorted(p.name for p in one.iterdir() if p.is_file() and not p.name.startswith("."))
+    assert names == sorted(p.name for p in two.iterdir()
+                           if p.is_file() and not p.name.startswith("."))
+    assert "failures.json" in names and len([n for n in names if n.endswith(".h5")]) == 3
+    for name in names:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert len(list((two / "runs").glob("*rank*of2.json"))) == 2
