@@ -11,6 +11,7 @@ u, delta, z are (B, d_inner, L); A is (d_inner, N); B and C are (B, N, L); D and
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -79,21 +80,31 @@ def selective_scan_torch(
     return y.to(dtype)
 
 
-def _cuda_scan() -> Callable[..., Tensor]:
-    """mamba-ssm's CUDA selective scan, or a MambaBackendError saying why it is unavailable."""
+@functools.cache
+def _probe_cuda_scan() -> Callable[..., Tensor] | str:
+    """mamba-ssm's selective_scan_fn, or why it cannot be used (probed once per process, since a
+    failed import is retried from scratch by Python and "auto" asks on every forward)."""
     try:
         from mamba_ssm.ops import selective_scan_interface as ssi
     except Exception as e:  # ImportError, or the extension's undefined-symbol errors
-        raise MambaBackendError(
+        return (
             "mamba backend 'cuda' needs mamba-ssm (pip install 'mgdet[cuda]' on a CUDA machine); "
             f"importing mamba_ssm.ops.selective_scan_interface failed: {e}"
-        ) from e
+        )
     if getattr(ssi, "selective_scan_cuda", True) is None:
-        raise MambaBackendError(
+        return (
             "mamba backend 'cuda': mamba-ssm is installed without its compiled "
             "selective_scan_cuda extension"
         )
     return ssi.selective_scan_fn
+
+
+def _cuda_scan() -> Callable[..., Tensor]:
+    """mamba-ssm's CUDA selective scan, or a MambaBackendError saying why it is unavailable."""
+    found = _probe_cuda_scan()
+    if isinstance(found, str):
+        raise MambaBackendError(found)
+    return found
 
 
 def cuda_backend_available() -> bool:
