@@ -15,16 +15,18 @@ WEIGHTS ?= kinetics
 DEVICE ?= auto
 EXTRACT_ARGS ?=
 # detection
-CONFIG ?= configs/synthetic-small.toml
-FEATURES ?=
-ANNOTATIONS ?=
-RUN ?= runs/default
+CONFIG ?= configs/smg.toml
+FEATURES ?= $(OUT)
+ANNOTATIONS ?= $(if $(DATASET),data/$(DATASET)/annotations.json,)
+RUN ?= runs/$(basename $(notdir $(CONFIG)))
 SUBSET ?= test
 TRAIN_ARGS ?=
+# demo
+DEMO_ARGS ?=
 # tests
 PYTEST_ARGS ?=
 
-.PHONY: help venv features test bench lint
+.PHONY: help venv demo features convert train eval test bench lint
 
 help: ## list the targets and their variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +37,14 @@ help: ## list the targets and their variables
 	@echo "  WEIGHTS=$(WEIGHTS)  kinetics | random | PATH.pyth (features)"
 	@echo "  DEVICE=$(DEVICE)  auto | cpu | cuda (features)"
 	@echo "  EXTRACT_ARGS=  extra options for python -m extract features"
+	@echo "  DATASET=smg|imigue ROOT=path  a dataset release as it is (features, convert, train)"
+	@echo "  CONFIG=$(CONFIG)  stage-two config (train)"
+	@echo "  FEATURES=$(FEATURES)  feature set, or a cache root holding one (train)"
+	@echo "  ANNOTATIONS=$(ANNOTATIONS)  canonical annotations.json (train)"
+	@echo "  RUN=$(RUN)  run directory (train, eval)"
+	@echo "  SUBSET=$(SUBSET)  subset to evaluate (eval)"
+	@echo "  TRAIN_ARGS=  extra options, e.g. --set train.epochs=10 or --resume (train)"
+	@echo "  DEMO_ARGS=  extra options for python -m detect demo, e.g. --videos 4 (demo)"
 	@echo "  PYTEST_ARGS=  extra options for pytest (test)"
 	@echo "  PYTHON=$(PYTHON)  interpreter that creates the virtualenv"
 
@@ -45,11 +55,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# torch first, pinned, unless the venv already has one (a CUDA machine may bring its own).
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,report]'
 	@touch $(STAMP)
 
-features: $(STAMP) ## extract I3D features: make features VIDEOS=data/videos OUT=cache
-	$(PY) -m extract features $(VIDEOS) --out $(OUT) --weights $(WEIGHTS) --device $(DEVICE) $(EXTRACT_ARGS)
+demo: $(STAMP) ## the whole pipeline on a rendered synthetic set (about 15 min on 2 CPU cores)
+	$(PY) -m detect demo --cache $(OUT) --device $(DEVICE) $(if $(filter-out kinetics,$(WEIGHTS)),--weights $(WEIGHTS),) $(DEMO_ARGS)
+
+features: $(STAMP) ## extract I3D features: make features VIDEOS=data/videos OUT=cache (or DATASET=smg ROOT=...)
+	$(PY) -m extract features $(if $(DATASET),$(ROOT) --dataset $(DATASET),$(VIDEOS)) --out $(OUT) \
+		--weights $(WEIGHTS) --device $(DEVICE) $(EXTRACT_ARGS)
+
+convert: $(STAMP) ## dataset labels to annotations.json: make convert DATASET=smg ROOT=data/smg
+	@test -n "$(DATASET)" -a -n "$(ROOT)" || { echo "make convert needs DATASET=smg|imigue and ROOT=path"; exit 2; }
+	$(PY) -m detect convert $(DATASET) $(ROOT) --out $(ANNOTATIONS)
+
+train: $(STAMP) $(if $(and $(DATASET),$(ROOT)),convert) ## train: make train CONFIG=configs/smg.toml FEATURES=cache/<key> ANNOTATIONS=... RUN=runs/smg
+	$(PY) -m detect train --config $(CONFIG) --features $(FEATURES) --annotations $(ANNOTATIONS) \
+		--out $(RUN) $(TRAIN_ARGS)
+
+eval: $(STAMP) ## evaluate a run: make eval RUN=runs/smg SUBSET=test
+	$(PY) -m detect eval $(RUN) --subset $(SUBSET)
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -72,6 +72,28 @@ def synth(
     typer.echo(f"features: {fs.path}\nannotations: {ann_path}")
 
 
+@app.command()
+def demo(
+    data: Path = typer.Option(Path("data/synthetic"), "--data"),
+    cache: Path = typer.Option(Path("cache"), "--cache"),
+    run: Path = typer.Option(Path("runs/demo"), "--run"),
+    config: Path = typer.Option(Path("configs/demo.toml"), "--config"),
+    videos: int = typer.Option(12, "--videos"),
+    minutes: float = typer.Option(2.0, "--minutes"),
+    classes: int = typer.Option(8, "--classes"),
+    crop: int = typer.Option(112, "--crop", help="I3D input crop (and short side)"),
+    weights: str = typer.Option("", "--weights", help="default: kinetics if cached, else random"),
+    device: str = typer.Option("auto", "--device"),
+    set_: Optional[list[str]] = SetOpt,  # noqa: UP007, UP045
+) -> None:
+    """Render a synthetic set, extract features, train a small detector, evaluate on test."""
+    from detect.demo import DemoSettings, run_demo
+
+    run_demo(DemoSettings(data=data, cache=cache, run=run, config=config, videos=videos,
+                          minutes=minutes, classes=classes, short_side=crop, crop=crop,
+                          weights=weights, device=device, overrides=tuple(set_ or [])))
+
+
 def _mount_dataset_commands() -> None:
     from detect.datasets.cli import app as convert_app
     from detect.datasets.cli import synth_videos

@@ -16,6 +16,18 @@ class Dtype(str, Enum):
     float32 = "float32"
 
 
+def _id_fn(dataset: str, id_suffix: str):
+    from extract.pipeline import strip_suffix_id
+
+    if dataset == "smg":
+        from detect.datasets.smg import video_id_from_path
+
+        return video_id_from_path
+    if dataset not in ("", "imigue"):  # iMiGUE videos are named by their id already
+        raise ValueError(f"--dataset must be smg or imigue, got {dataset!r}")
+    return strip_suffix_id(id_suffix)
+
+
 @app.command()
 def features(
     videos: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
@@ -31,17 +43,19 @@ def features(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
     workers: int = typer.Option(1, help="Videos decoded at once (decode-ahead)."),
     id_suffix: str = typer.Option("", help="Strip this suffix from file stems to get video ids."),
+    dataset: str = typer.Option("", help="smg | imigue: name videos as that dataset's labels do "
+                                "(SMG: Sample0001_color.mp4 -> Sample0001)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Extract features for every video into one feature set; prints the feature-set path."""
     from extract.i3d import WeightsError
-    from extract.pipeline import ExtractConfig, format_summary, run_extraction, strip_suffix_id
+    from extract.pipeline import ExtractConfig, format_summary, run_extraction
 
     try:
         cfg = ExtractConfig(weights=weights, seed=seed, stride=stride, short_side=short_side,
                             crop=crop, res4=res4, dtype=dtype.value,
                             chunk_frames=chunk_frames or None, device=device, workers=workers)
-        summary = run_extraction(videos, out, cfg, id_fn=strip_suffix_id(id_suffix),
+        summary = run_extraction(videos, out, cfg, id_fn=_id_fn(dataset, id_suffix),
                                  progress=progress)
     except (WeightsError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)

@@ -113,10 +113,12 @@ def write_video(
     meta: FeatureMeta,
     res4: np.ndarray | None = None,
     dtype: str = "float16",
+    source_pts: np.ndarray | None = None,
 ) -> None:
     """Write one video's features atomically (temporary file, flush, fsync, rename).
 
-    features: (T, C); timestamps: (T,); res4: (T, C4) or None. A `kill -9` at any moment leaves
+    features: (T, C); timestamps: (T,); res4: (T, C4) or None; source_pts: (N,) seconds of the
+    source frame shown at each 10 fps output frame, or None. A `kill -9` at any moment leaves
     either no file or the complete file at `path`.
     """
     path = Path(path)
@@ -138,6 +140,8 @@ def write_video(
             if res4 is not None:
                 f.create_dataset("features_res4", data=res4.astype(dtype))
             f.create_dataset("timestamps", data=timestamps)
+            if source_pts is not None:
+                f.create_dataset("source_pts", data=np.asarray(source_pts, np.float64))
             attrs = asdict(meta)
             extra = attrs.pop("extra")
             attrs["layers"] = json.dumps(list(meta.layers))

@@ -282,7 +282,7 @@ class Extractor:
         )
         ts = feature_timestamps(feats.res5.shape[0], self.cfg.stride, self.cfg.fps)
         write_video(fs.video_path(video_id), feats.res5, ts, meta, res4=feats.res4,
-                    dtype=self.cfg.dtype)
+                    dtype=self.cfg.dtype, source_pts=np.asarray(res.chosen_pts, np.float64))
         return meta
 
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -67,6 +68,10 @@ def test_features_attributes_and_numbers(tmp_path, videos):
     assert "pyav" in m.extra["decoder"] and m.extra["chosen_lag_max"] < 0.04
     assert v.features.shape == (42 // 4, 2048) and v.res4.shape == (10, 1024)
     np.testing.assert_allclose(v.timestamps, feature_timestamps(10, 4, 10.0))
+    # The source frame shown at each 10 fps frame k of a 25 fps source: the last with pts <= k/10.
+    with h5py.File(fs.video_path("Sample0001")) as f:
+        pts = f["source_pts"][()]
+    np.testing.assert_allclose(pts, np.floor(np.arange(42) * 2.5) / 25.0, atol=1e-6)
     # The pipeline's numbers are those of the model run directly on the decoded frames.
     frames, _ = decode_all(videos / "Sample0001_color.mp4", DecodeSettings(10.0, 32, 32))
     bb, _ = build_backbone("random", 0, res4=True)
@@ -166,6 +171,17 @@ def test_duplicate_ids_fail_before_any_work(tmp_path, videos):
     assert result.exit_code == 2
     assert "share an id" in result.stderr and "Sample0001_color.mkv" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_dataset_option_names_videos_as_the_labels_do(tmp_path, videos):
+    runner = CliRunner()
+    result = runner.invoke(app, ["features", str(videos), "--out", str(tmp_path / "out"),
+                                 "--dataset", "smg", *TINY_ARGS])
+    assert result.exit_code == 0, result.output
+    assert FeatureSet.find(tmp_path / "out").video_ids() == ["Sample0001", "Sample0002"]
+    bad = runner.invoke(app, ["features", str(videos), "--out", str(tmp_path / "o2"),
+                              "--dataset", "kinetics", *TINY_ARGS])
+    assert bad.exit_code == 2 and "--dataset must be smg or imigue" in bad.stderr
 
 
 def test_info_verifies_every_file(tmp_path, videos):

@@ -1,0 +1,27 @@
+"""A shortened `make demo`: render -> extract -> train -> eval, then a re-run reuses the work."""
+
+import json
+
+import pytest
+
+from detect.demo import DemoSettings, run_demo
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reuses_videos_and_cache(tmp_path, capsys):
+    s = DemoSettings(data=tmp_path / "data", cache=tmp_path / "cache", run=tmp_path / "run",
+                     videos=4, minutes=0.3, classes=3, size=(64, 48), short_side=32, crop=32,
+                     weights="random", device="cpu",
+                     overrides=("train.epochs=2", "data.window=16"))
+    metrics = run_demo(s, progress=False)
+    assert set(metrics) >= {"f1_miga", "f1_strict", "map", "per_class"}
+    assert json.loads((s.run / "metrics.json").read_text())["subset"] == "test"
+    out = capsys.readouterr().out
+    assert "4/4 evaluate" in out and "F1 (MiGA" in out
+    videos = sorted(s.data.rglob("*_color.mp4"))
+    feats = sorted(s.cache.rglob("Sample*.h5"))
+    assert [p.stem for p in feats] == ["Sample0001", "Sample0002", "Sample0003", "Sample0004"]
+    stamps = {p: p.stat().st_mtime_ns for p in [*videos, *feats]}
+    run_demo(s, progress=False)
+    assert "skipped 4 (already extracted)" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
