@@ -44,6 +44,24 @@ def eval_(
 
 
 @app.command()
+def predict(
+    videos: list[Path] = typer.Argument(..., help="video files or folders"),
+    run: Path = typer.Option(..., "--run", help="a trained run directory"),
+    out: Optional[Path] = typer.Option(None, "--out", help="default: RUN/predict"),  # noqa: UP045
+    dataset: str = typer.Option("", "--dataset", help="smg: Sample0001_color.mp4 -> Sample0001"),
+) -> None:
+    """Detect micro-gestures in new videos with a trained run (features made as for training)."""
+    from detect.predict import format_detections, predict_videos
+
+    id_fn = None
+    if dataset == "smg":
+        from detect.datasets.smg import video_id_from_path as id_fn
+    preds, classes = predict_videos(videos, run, out, id_fn=id_fn)
+    typer.echo(format_detections(preds, classes))
+    typer.echo(f"outputs: {out or Path(run) / 'predict'}")
+
+
+@app.command()
 def score(
     predictions: Path = typer.Option(..., "--predictions"),
     annotations: Path = typer.Option(..., "--annotations"),

@@ -1,0 +1,141 @@
+"""`python -m detect predict VIDEO... --run runs/NAME`: detections on new videos.
+
+Features are extracted with exactly the settings recorded in the run's feature set (model,
+weights digest, fps, stride, resize, crop, layers, dtype); a run whose weights are not available
+here is refused before any video is decoded. Outputs per call, under `--out` (default
+`runs/NAME/predict/`): `predictions.json`, `submission/<video>_prediction.csv` (MiGA format) and,
+with matplotlib, `timelines/<video>.png`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detect.annotations import Annotations, VideoAnnotations
+from detect.postprocess import Detections, apply_threshold
+from detect.rundir import RunError, read_run
+from extract.cache import FeatureSet, read_meta, settings_key
+
+SUBSET = "test"  # new, unlabelled videos are scored like the test split
+
+
+def _weights_source(fs: FeatureSet) -> tuple[str, int]:
+    """(weights argument, seed) that reproduce the feature set's weights digest."""
+    s = fs.settings
+    digest = s["weights_sha256"]
+    records = sorted((fs.path / "runs").glob("*.json"), reverse=True)
+    for rec in records:
+        data = json.loads(rec.read_text())
+        w = data.get("weights", {})
+        if w.get("sha256") == digest:
+            seed = int(w.get("seed") or data.get("config", {}).get("seed", 0))
+            return w["label"], seed
+    # No run record (a copied feature set): the per-video files name the weights too.
+    for vid in fs.video_ids()[:1]:
+        meta = read_meta(fs.video_path(vid))
+        return meta.weights, 0
+    raise RunError(f"{fs.path}: cannot tell which weights made this feature set")
+
+
+def extraction_config_for(fs: FeatureSet) -> Any:
+    """The `ExtractConfig` that reproduces `fs`; raises RunError when its weights are missing
+    here or give another digest."""
+    from extract.i3d import WeightsError, build_backbone
+    from extract.pipeline import ExtractConfig, featureset_settings
+
+    s = fs.settings
+    weights, seed = _weights_source(fs)
+    cfg = ExtractConfig(weights=weights, seed=seed, stride=int(s["stride"]),
+                        short_side=int(s["short_side"]), crop=int(s["crop"]),
+                        res4="res4" in s["layers"], dtype=s["dtype"], fps=float(s["fps"]))
+    try:
+        _, info = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
+    except WeightsError as e:
+        raise RunError(
+            f"the run's features were made with weights {weights!r}, which are not usable here: "
+            f"{e}"
+        ) from e
+    name, settings = featureset_settings(cfg, info)
+    if settings_key(name, settings) != fs.key:
+        raise RunError(
+            f"weights {weights!r} here have digest {info.sha256[:12]}..., but the run's feature "
+            f"set was made with {s['weights_sha256'][:12]}...; refusing to predict with other "
+            "features than the detector was trained on"
+        )
+    return cfg
+
+
+def predict_videos(
+    videos: list[Path], run: Path, out: Path | None = None, progress: bool = True,
+    id_fn: Any = None,
+) -> tuple[dict[str, Detections], list[str]]:
+    """Extract, detect and write outputs for `videos`; returns the thresholded detections and
+    the class names."""
+    import torch
+
+    from detect.evaluate import load_run_model, predict
+    from detect.postprocess import save_predictions
+    from detect.submission import write_miga_csvs
+    from detect.train import resolve_device
+    from detect.windows import WindowDataset
+    from extract.pipeline import format_summary, run_extraction
+
+    run = Path(run)
+    cfg, info = read_run(run)
+    out = Path(out) if out is not None else run / "predict"
+    train_fs = FeatureSet.open(Path(info["feature_set"]["path"]))
+    if train_fs.key != info["feature_set"]["key"]:
+        raise RunError(f"{train_fs.path}: feature set key changed since training")
+    ecfg = extraction_config_for(train_fs)
+    summary = run_extraction(videos, out / "features", ecfg, id_fn=id_fn, progress=progress)
+    if summary.failed:
+        print(format_summary(summary))
+    fs = FeatureSet.open(summary.featureset)
+    done = [v for v in [*summary.done, *summary.skipped] if fs.has(v)]
+    if not done:
+        raise RunError("no video could be read; see the messages above")
+    device = resolve_device(cfg.train.device)
+    model, ck = load_run_model(run, device)
+    classes = list(ck["classes"])
+    ann = Annotations(classes=classes, videos={})
+    for vid in done:
+        meta = read_meta(fs.video_path(vid))
+        ann.videos[vid] = VideoAnnotations(SUBSET, meta.duration, meta.source_fps,
+                                           np.zeros((0, 2)), np.zeros(0, np.int64))
+    dataset = WindowDataset(fs, ann, SUBSET, cfg.data, train=False)
+    threshold = cfg.eval.score_threshold if cfg.eval.score_threshold >= 0 else ck["threshold"]
+    with torch.inference_mode():
+        preds = apply_threshold(predict(model, dataset, cfg, device, progress=progress),
+                                threshold)
+    save_predictions(out / "predictions.json", preds, classes)
+    write_miga_csvs(preds, ann, out / "submission")
+    _timelines(preds, ann, out / "timelines")
+    return preds, classes
+
+
+def _timelines(preds: dict[str, Detections], ann: Annotations, folder: Path) -> None:
+    try:
+        from detect.report import draw_timeline
+    except ImportError:  # matplotlib is the optional `report` extra
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for vid, dets in preds.items():
+        draw_timeline(folder / f"{vid}.png", vid, ann.classes, ann.videos[vid], dets)
+
+
+def format_detections(preds: dict[str, Detections], classes: list[str], limit: int = 50) -> str:
+    """A table of detections (video, class, start, end, score), at most `limit` rows."""
+    rows = [(vid, classes[int(d.label[i])], d.start[i], d.end[i], d.score[i])
+            for vid, d in sorted(preds.items()) for i in np.argsort(d.start)]
+    lines = [f"{'video':<16} {'class':<32} {'start':>8} {'end':>8} {'score':>6}"]
+    for vid, name, s, e, sc in rows[:limit]:
+        lines.append(f"{vid:<16} {name[:32]:<32} {s:8.2f} {e:8.2f} {sc:6.3f}")
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more in predictions.json")
+    if not rows:
+        lines.append("(no detections above the threshold)")
+    return "\n".join(lines)

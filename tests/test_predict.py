@@ -1,0 +1,70 @@
+"""`detect predict` on new videos equals extract + eval on them; missing weights are refused."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from detect.__main__ import app
+from detect.config import load_config
+from detect.datasets.smg import video_id_from_path
+from detect.evaluate import evaluate_run
+from detect.predict import predict_videos
+from detect.render import render_dataset
+from detect.rundir import RunError
+from detect.train import train
+from extract.i3d import _build
+from extract.pipeline import ExtractConfig, run_extraction
+
+TINY = ["data.window=16", "model.hidden_dim=16", "model.num_queries=6", "model.num_points=6",
+        "model.num_layers=1", "model.num_heads=2", "model.ffn_dim=32", "model.mix_dim=4",
+        "train.epochs=2", "train.device=cpu", "eval.score_threshold=0.0"]
+
+
+def _trained_run(tmp_path, weights):
+    data = tmp_path / "data"
+    render_dataset(data, videos=4, minutes=0.3, classes=3, size=(64, 48), progress=False)
+    ecfg = ExtractConfig(weights=weights, short_side=32, crop=32, device="cpu", chunk_frames=64)
+    s = run_extraction([data], tmp_path / "cache", ecfg, id_fn=video_id_from_path,
+                       progress=False)
+    run = tmp_path / "run"
+    train(load_config(None, TINY), s.featureset, data / "annotations.json", run, progress=False)
+    return data, run
+
+
+@pytest.mark.slow
+def test_predict_equals_extract_plus_eval(tmp_path):
+    data, run = _trained_run(tmp_path, "random")
+    evaluate_run(run, "test", progress=False)
+    expected = json.loads((run / "predictions.json").read_text())["results"]
+    test_ids = sorted(expected)
+    videos = [data / v / f"{v}_color.mp4" for v in test_ids]
+    preds, classes = predict_videos(videos, run, tmp_path / "pred", progress=False,
+                                    id_fn=video_id_from_path)
+    got = json.loads((tmp_path / "pred" / "predictions.json").read_text())["results"]
+    assert sorted(got) == test_ids and got == expected
+    assert sum(len(v) for v in got.values()) > 0  # threshold 0: every query's detection
+    assert sorted(p.name for p in (tmp_path / "pred" / "submission").glob("*.csv")) == [
+        f"{v}_prediction.csv" for v in test_ids]
+    result = CliRunner().invoke(app, ["predict", str(videos[0]), "--run", str(run), "--out",
+                                      str(tmp_path / "cli"), "--dataset", "smg"])
+    assert result.exit_code == 0, result.output
+    assert "score" in result.stdout and test_ids[0] in result.stdout
+
+
+@pytest.mark.slow
+def test_run_whose_weights_are_missing_is_refused(tmp_path):
+    ckpt = tmp_path / "weights.pyth"
+    torch.manual_seed(3)
+    torch.save({"model_state": _build(3).state_dict()}, ckpt)
+    data, run = _trained_run(tmp_path, str(ckpt))
+    video = sorted(data.rglob("*_color.mp4"))[0]
+    ckpt.unlink()
+    with pytest.raises(RunError, match="not usable here"):
+        predict_videos([video], run, tmp_path / "pred", progress=False)
+    # Other weights at the same path give another digest: refused too.
+    torch.save({"model_state": _build(4).state_dict()}, ckpt)
+    with pytest.raises(RunError, match="refusing"):
+        predict_videos([video], run, tmp_path / "pred", progress=False)
+    assert not (tmp_path / "pred" / "predictions.json").exists()
