@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -28,8 +29,9 @@ def train(
 
     cfg = load_config(config, set_ or [])
     result = run_train(cfg, features, annotations, out, resume=resume)
-    typer.echo(f"best {cfg.train.select_metric} on val: {result['best_metric']:.4f} "
-               f"(epoch {result['best_epoch']}); run: {out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(f"best {cfg.train.select_metric} on val: {result['best_metric']:.4f} "
+                   f"(epoch {result['best_epoch']}); run: {out}")
 
 
 @app.command("eval")

@@ -190,6 +190,9 @@ def train(
         # The shuffle depends only on (seed, epoch), so a resumed run sees the same order.
         order = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
         indices = torch.randperm(len(train_ds), generator=order).tolist()
+        # Every rank must take the same number of steps (DDP all-reduces each one): wrap around.
+        per_rank = -(-len(indices) // ddp.world_size)
+        indices = [indices[i % len(indices)] for i in range(per_rank * ddp.world_size)]
         indices = indices[ddp.rank :: ddp.world_size]
         loader = DataLoader(
             torch.utils.data.Subset(train_ds, indices),

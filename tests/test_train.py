@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from detect.annotations import load_annotations
 from detect.config import load_config
 from detect.evaluate import evaluate_run
 from detect.metrics import score_files
@@ -12,6 +13,7 @@ from detect.rundir import BEST, LAST, RunError, load_checkpoint, read_metrics_ro
 from detect.submission import read_miga_csv
 from detect.synth import synth_feature_set
 from detect.train import TrainingDiverged, train
+from detect.windows import WindowDataset
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,41 @@ def test_small_model_learns_clean_synthetic_set(tmp_path):
     preds = json.loads((run / "predictions.json").read_text())["results"]
     rows = sum(len(read_miga_csv(p)) for p in (run / "submission").glob("*.csv"))
     assert rows == sum(len(v) for v in preds.values()) > 0
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_on_cpu(tiny_set, tmp_path):
+    """`torchrun --nproc_per_node 2 -m detect train` (here: two ranks started by hand, gloo)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fs, ann = tiny_set
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    args = [sys.executable, "-m", "detect", "train", "--config",
+            str(repo / "configs/synthetic-small.toml"), "--features", str(fs.path),
+            "--annotations", str(ann), "--out", str(tmp_path / "ddp")]
+    for kv in [*TINY, "train.epochs=2"]:
+        args += ["--set", kv]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                   PYTHONPATH=str(repo))
+        procs.append(subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "best f1_miga on val" in outs[0][0] and "best" not in outs[1][0]
+    rows = read_metrics_rows(tmp_path / "ddp")  # rank 0 alone writes the run files
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    # Each rank trained on its half of the windows.
+    full = len(WindowDataset(fs, load_annotations(ann), "train", load_config(None, TINY).data,
+                             train=True))
+    assert int(rows[0]["train_windows"]) == -(-full // 2)
+    assert load_checkpoint(tmp_path / "ddp" / BEST)["threshold"] >= 0
