@@ -13,9 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import torch
 
 from detect.config import Config, config_to_dict, load_config, to_toml
-from extract.cache import FeatureSet, atomic_write_bytes, atomic_write_json
+from extract.cache import FeatureSet, atomic_write_bytes, atomic_write_json, atomic_writer
 from extract.provenance import versions
 
 CONFIG_FILE = "config.toml"
@@ -93,19 +91,9 @@ def read_metrics_rows(run: Path) -> list[dict[str, str]]:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save atomically: a killed run never leaves a partial checkpoint."""
+    with atomic_writer(Path(path)) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
