@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+# bench/ holds extract.py: the repository root must come first on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from detect.config import load_config
 from detect.evaluate import evaluate_run
 from detect.losses import SetCriterion
