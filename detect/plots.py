@@ -7,6 +7,7 @@ and pyplot is never touched (no global figure state, no GUI backend): every figu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -211,12 +212,14 @@ def plot_timeline(
     path: Path,
     title: str = "",
     norm: Any = None,
+    row_seconds: float = 300.0,
 ) -> Path:
     """One video: a lane per class (class 0 on top); in each lane the ground truth as boxes in the
     upper half and the detections in the lower half, coloured by score (colorbar).
 
     gt_segments: (n, 2) seconds; gt_labels: (n,) class indices. `norm` maps scores to colours
-    (`score_norm`); the default is [0, 1].
+    (`score_norm`); the default is [0, 1]. A video longer than `row_seconds` wraps onto several
+    rows at the same time scale, so a 1 s gesture stays visible in a 20-minute video.
     """
     require_matplotlib()
     from matplotlib import colormaps
@@ -225,44 +228,59 @@ def plot_timeline(
     C = len(classes)
     if C < 1:
         raise ValueError("a timeline needs at least one class")
+    if row_seconds <= 0:
+        raise ValueError(f"row_seconds must be positive, got {row_seconds}")
     gt_segments = np.asarray(gt_segments, np.float64).reshape(-1, 2)
     gt_labels = np.asarray(gt_labels, np.int64).reshape(-1)
     norm = norm if norm is not None else score_norm(0.0, 1.0)
     cmap = colormaps[SCORE_CMAP]
     end = max([float(duration), *gt_segments[:, 1].tolist(), *detections.end.tolist(), 1e-3])
-    # A strip left of t=0 where nothing is drawn keeps every lane visible in some pixel column.
-    x0 = -0.012 * end
-
-    fig = _figure(13.0, 1.1 + 0.42 * C)
-    ax = fig.subplots()
+    n_rows = max(1, math.ceil(end / row_seconds - 1e-9))
+    span = end if n_rows == 1 else row_seconds
+    # A strip left of each row's start where nothing is drawn keeps every lane visible in some
+    # pixel column.
+    margin = 0.012 * span
+    sliver = span * 1e-4  # zero-length segments still show
+    lane_h = 0.42 if C <= 8 else 0.3
+    fig = _figure(13.0, 0.5 + n_rows * (0.6 + lane_h * C))
+    axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
     half = (1.0 - LANE_GAP) / 2
-    for c in range(C):
-        y = C - 1 - c
-        ax.axhspan(y + LANE_GAP / 2, y + 1 - LANE_GAP / 2, color=LANE_COLOR, lw=0, zorder=0)
-        g = gt_segments[gt_labels == c]
-        if len(g):
-            # Zero-length ground truths still get a sliver so they show.
-            widths = np.maximum(g[:, 1] - g[:, 0], end * 1e-4)
-            ax.broken_barh(list(zip(g[:, 0], widths, strict=True)), (y + 0.5, half * 0.85),
-                           facecolors=GT_FACE, edgecolors=GT_EDGE, linewidth=0.6, zorder=2)
-        sel = detections.label == c
-        if sel.any():
-            s, e, sc = detections.start[sel], detections.end[sel], detections.score[sel]
-            order = np.argsort(sc, kind="stable")  # best scores drawn last, on top
-            widths = np.maximum(e - s, end * 1e-4)[order]
-            ax.broken_barh(list(zip(s[order], widths, strict=True)),
-                           (y + 0.5 - half * 0.85, half * 0.85),
-                           facecolors=cmap(norm(sc[order])), linewidth=0, zorder=3)
-    ax.set_xlim(x0, end)
-    ax.set_ylim(0, C)
-    ax.set_yticks([C - 1 - c + 0.5 for c in range(C)], list(classes), fontsize=8)
-    ax.tick_params(axis="y", length=0)
-    ax.set_xlabel("time (s)   upper half: ground truth, lower half: detections")
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=10, loc="left")
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01,
-                 fraction=0.03 if C > 3 else 0.05, label="score")
-    return _save(fig, path)
 
+    def bars(ax: Any, s: np.ndarray, e: np.ndarray, lo: float, y: float, **style: Any) -> None:
+        keep = (e >= lo) & (s <= lo + span)
+        if keep.any():
+            s0 = np.maximum(s[keep], lo)  # clipped so nothing enters the strip left of `lo`
+            widths = np.maximum(e[keep] - s0, sliver)
+            colors = style.pop("facecolors")
+            if not isinstance(colors, str):
+                colors = colors[keep]
+            ax.broken_barh(list(zip(s0, widths, strict=True)), (y, half * 0.85),
+                           facecolors=colors, **style)
+
+    for r, ax in enumerate(axes):
+        lo = r * span
+        for c in range(C):
+            y = C - 1 - c
+            ax.axhspan(y + LANE_GAP / 2, y + 1 - LANE_GAP / 2, color=LANE_COLOR, lw=0, zorder=0)
+            g = gt_segments[gt_labels == c]
+            bars(ax, g[:, 0], g[:, 1], lo, y + 0.5, facecolors=GT_FACE, edgecolors=GT_EDGE,
+                 linewidth=0.6, zorder=2)
+            sel = detections.label == c
+            order = np.argsort(detections.score[sel], kind="stable")  # best drawn last, on top
+            bars(ax, detections.start[sel][order], detections.end[sel][order], lo,
+                 y + 0.5 - half * 0.85, facecolors=cmap(norm(detections.score[sel][order])),
+                 linewidth=0, zorder=3)
+        if lo + span > end:  # the last row runs past the video: grey out the time after it
+            ax.axvspan(end, lo + span, color="#f5f7fa", lw=0, zorder=1)
+        ax.set_xlim(lo - margin, lo + span)
+        ax.set_ylim(0, C)
+        ax.set_yticks([C - 1 - c + 0.5 for c in range(C)], list(classes), fontsize=8)
+        ax.tick_params(axis="y", length=0)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    axes[-1].set_xlabel("time (s)   upper half: ground truth, lower half: detections")
+    if title:
+        axes[0].set_title(title, fontsize=10, loc="left")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), pad=0.01,
+                 fraction=0.03 if C * n_rows > 3 else 0.05, label="score")
+    return _save(fig, path)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from detect.annotations import SUBSETS, Annotations, load_annotations
 from detect.postprocess import Detections, load_predictions, tiou
-from detect.rundir import read_metrics_rows, read_run
+from detect.rundir import RunError, read_metrics_rows, read_run
 from extract.cache import atomic_write_bytes
 
 REPORT_DIR = "report"
@@ -39,8 +39,9 @@ INDEX = "index.html"
 TIMELINE_GLOB = "timeline-*.png"
 
 
-class ReportError(RuntimeError):
-    """The run cannot be reported on (not evaluated, stale or malformed outputs)."""
+class ReportError(RunError):
+    """The run cannot be reported on (not evaluated, stale or malformed outputs). A RunError, so
+    the CLI prints it as a one-line error."""
 
 
 def match_any_class(
@@ -211,6 +212,10 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _num(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -260,9 +265,10 @@ def render_page(
         ["mAP (tIoU 0.1:0.9)", _num(metrics.get("map"), 4), "", ""],
     ]
     facts = (
-        f"subset <b>{_e(metrics['subset'])}</b>: {_e(metrics.get('num_videos', len(videos)))} "
-        f"videos, {_e(metrics.get('num_ground_truth', '?'))} ground truths, "
-        f"{_e(metrics['num_predictions'])} detections at score &ge; "
+        f"subset <b>{_e(metrics['subset'])}</b>: "
+        f"{_e(_plural(metrics.get('num_videos', len(videos)), 'video'))}, "
+        f"{_e(_plural(metrics.get('num_ground_truth', 0), 'ground truth'))}, "
+        f"{_e(_plural(metrics['num_predictions'], 'detection'))} at score &ge; "
         f"{_e(_num(metrics['threshold'], 4))}; checkpoint epoch "
         f"{_e(metrics.get('checkpoint_epoch', '?'))}"
     )
@@ -301,7 +307,7 @@ def render_page(
         f'<p class="muted">{n_same} detections match a ground truth of their class, '
         f"{n_other} one of another class.</p>",
         _img("tiou.png", "histogram of the tIoU of matched detections"),
-        f"<h2>Timelines ({_e(len(videos))} videos)</h2>",
+        f"<h2>Timelines ({_e(_plural(len(videos), 'video'))})</h2>",
         '<p class="muted">One lane per class: ground truth as grey boxes (upper half), detections '
         "coloured by score (lower half).</p>",
     ]
@@ -309,9 +315,9 @@ def render_page(
         parts.append(
             '<figure class="video">'
             + _img(v["image"], f"timeline of {v['id']}")
-            + f"<figcaption>{_e(v['id'])}: {_e(v['num_gt'])} ground truths, "
-            f"{_e(v['num_pred'])} detections, {_e(v['matched'])} matching a ground truth of "
-            "their class</figcaption></figure>"
+            + f"<figcaption>{_e(v['id'])}: {_e(_plural(v['num_gt'], 'ground truth'))}, "
+            f"{_e(_plural(v['num_pred'], 'detection'))}, {_e(v['matched'])} matching a ground "
+            "truth of their class</figcaption></figure>"
         )
     if not videos:
         parts.append(f'<p class="muted">The subset has no videos ({C} classes).</p>')
@@ -350,7 +356,9 @@ def write_report(
 
     sub = ann.subset(subset)
     all_scores = [d.score for v, d in preds.items() if v in sub.videos]
-    lo = min([float(metrics["threshold"]), *(float(s.min()) for s in all_scores if s.size)])
+    # The colours span the scores on the page: from the threshold (or the lowest score) to 1.
+    scores = [float(s.min()) for s in all_scores if s.size]
+    lo = min([float(metrics["threshold"]), *scores]) if scores else 0.0
     norm = plots.score_norm(min(max(lo, 0.0), 0.99), 1.0)
     videos = []
     for i, vid in enumerate(tqdm(sub.video_ids(), desc="report timelines", disable=not progress,

@@ -58,6 +58,14 @@ def _count_lanes(img):
     return int(runs[runs > 0].min())
 
 
+def _lanes_only(img):
+    """The pixel columns the lane bands span: the timeline's axes without the colorbar (which
+    holds every score colour)."""
+    lane = np.round(np.array(to_rgb(plots.LANE_COLOR)) * 255)
+    cols = np.flatnonzero((np.abs(img - lane) <= 1).all(axis=-1).any(axis=0))
+    return img[:, cols.min() : cols.max() + 1]
+
+
 def _has_colour(img, rgb01, tol=2):
     c = np.round(np.asarray(rgb01[:3]) * 255)
     return bool((np.abs(img - c) <= tol).all(axis=-1).any())
@@ -168,25 +176,30 @@ def test_match_summary_agrees_with_a_loop(seed):
 # ---------------------------------------------------------------------------- PNGs
 
 
-@pytest.mark.parametrize("num_classes", [1, 5])
-def test_timeline_lanes_and_score_colours_from_pixels(tmp_path, num_classes):
+@pytest.mark.parametrize(("num_classes", "duration"), [(1, 40.0), (5, 40.0), (3, 700.0)])
+def test_timeline_lanes_and_score_colours_from_pixels(tmp_path, num_classes, duration):
     classes = [f"class{i}" for i in range(num_classes)]
     gt = np.array([[2.0, 6.0], [10.0, 10.0], [20.0, 28.0]])  # a zero-length one too
     gt_labels = np.array([0, num_classes - 1, 0])
-    dets = Detections([3.0, 21.0], [7.0, 30.0], [0, num_classes - 1], [0.9, 0.2])
+    # The low-score detection ends the video: on the last row when the video wraps.
+    dets = Detections([3.0, duration - 9], [7.0, duration - 1], [0, num_classes - 1], [0.9, 0.2])
     norm = plots.score_norm(0.0, 1.0)
-    path = plots.plot_timeline(gt, gt_labels, dets, classes, 40.0, tmp_path / "t.png",
-                               title="v", norm=norm)
-    img = _rgb(path)
-    assert _count_lanes(img) == num_classes
+    path = plots.plot_timeline(gt, gt_labels, dets, classes, duration, tmp_path / "t.png",
+                               title="v", norm=norm, row_seconds=300.0)
+    full = _rgb(path)
+    img = _lanes_only(full)
+    rows = int(np.ceil(duration / 300.0))
+    assert _count_lanes(img) == num_classes * rows
     cmap = mpl.colormaps[plots.SCORE_CMAP]
     assert _has_colour(img, cmap(norm(0.9))) and _has_colour(img, cmap(norm(0.2)))
     assert _has_colour(img, to_rgb(plots.GT_FACE))
-    empty = plots.plot_timeline(gt[:0], gt_labels[:0], Detections.empty(), classes, 40.0,
-                                tmp_path / "e.png", norm=norm)
-    e = _rgb(empty)
-    assert e.shape == img.shape and _count_lanes(e) == num_classes
+    empty = plots.plot_timeline(gt[:0], gt_labels[:0], Detections.empty(), classes, duration,
+                                tmp_path / "e.png", norm=norm, row_seconds=300.0)
+    assert _rgb(empty).shape == full.shape  # the size depends on lanes and rows only
+    e = _lanes_only(_rgb(empty))
+    assert _count_lanes(e) == num_classes * rows
     assert not _has_colour(e, to_rgb(plots.GT_FACE))
+    assert not _has_colour(e, cmap(norm(0.9))) and not _has_colour(e, cmap(norm(0.2)))
 
 
 # ---------------------------------------------------------------------------- real runs
@@ -237,7 +250,7 @@ def test_report_of_a_real_run(runs, which):
         assert _count_lanes(_rgb(t)) == 3
     for name in ("gesture00", "gesture01", "gesture02"):
         assert f"<td>{name}</td>" in page
-    assert f"{n_pred} detections at score" in page
+    assert f"{n_pred} detection{'' if n_pred == 1 else 's'} at score" in page
     # Works offline: nothing is fetched from anywhere.
     assert not re.search(r"(src|href)=\"(https?:)?//|<link|@import|url\(", page)
 
