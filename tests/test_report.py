@@ -49,13 +49,14 @@ def _rgb(path):
 
 
 def _count_lanes(img):
-    """The number of lane bands (exact LANE_COLOR, at least 3 px tall) in the pixel column that
-    crosses the fewest: detections and ground truth only split bands, never remove one."""
+    """The number of lane bands (exact LANE_COLOR, at least 3 px tall) crossed by the pixel
+    columns at the left end of the lanes: the strip before each row's start holds no drawing."""
     lane = np.round(np.array(to_rgb(plots.LANE_COLOR)) * 255)
     is_lane = (np.abs(img - lane) <= 1).all(axis=-1)  # (H, W)
     tall = is_lane[:-2] & is_lane[1:-1] & is_lane[2:]  # runs of 3+ pixels only
-    runs = tall[0].astype(int) + (tall[1:] & ~tall[:-1]).sum(axis=0)
-    return int(runs[runs > 0].min())
+    runs = tall[0].astype(int) + (tall[1:] & ~tall[:-1]).sum(axis=0)  # (W,)
+    left = np.flatnonzero(runs > 0)[0]
+    return int(np.bincount(runs[left + 1 : left + 7]).argmax())  # past a blended edge column
 
 
 def _lanes_only(img):
