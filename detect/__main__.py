@@ -64,6 +64,17 @@ def predict(
 
 
 @app.command()
+def report(
+    run: Path = typer.Argument(..., help="run directory (evaluated with `eval` first)"),
+    subset: str = typer.Option("test", "--subset"),
+) -> None:
+    """Write a self-contained HTML report of an evaluated run: RUN/report/index.html."""
+    from detect.report import write_report
+
+    typer.echo(f"report: {write_report(run, subset)}")
+
+
+@app.command()
 def score(
     predictions: Path = typer.Option(..., "--predictions"),
     annotations: Path = typer.Option(..., "--annotations"),
@@ -127,11 +138,12 @@ _mount_dataset_commands()
 
 def main() -> None:
     from detect.config import ConfigError
+    from detect.plots import MissingMatplotlib
     from detect.rundir import RunError
 
     try:
         app()
-    except (ConfigError, RunError, ValueError) as e:  # bad input: message, no traceback
+    except (ConfigError, RunError, ValueError, MissingMatplotlib) as e:  # bad input, no traceback
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
 

@@ -113,18 +113,24 @@ def predict_videos(
                                 threshold)
     save_predictions(out / "predictions.json", preds, classes)
     write_miga_csvs(preds, ann, out / "submission")
-    _timelines(preds, ann, out / "timelines")
+    _timelines(preds, ann, out / "timelines", threshold)
     return preds, classes
 
 
-def _timelines(preds: dict[str, Detections], ann: Annotations, folder: Path) -> None:
+def _timelines(preds: dict[str, Detections], ann: Annotations, folder: Path,
+               threshold: float) -> None:
+    from detect.plots import MissingMatplotlib, plot_timeline, score_norm
+
     try:
-        from detect.report import draw_timeline
-    except ImportError:  # matplotlib is the optional `report` extra
+        norm = score_norm(threshold)
+    except MissingMatplotlib:  # the timelines need the optional `report` extra
+        print("no timeline PNGs: pip install -e '.[report]' for them")
         return
     folder.mkdir(parents=True, exist_ok=True)
     for vid, dets in preds.items():
-        draw_timeline(folder / f"{vid}.png", vid, ann.classes, ann.videos[vid], dets)
+        v = ann.videos[vid]
+        plot_timeline(v.segments, v.labels, dets, ann.classes, v.duration,
+                      folder / f"{vid}.png", title=vid, norm=norm)
 
 
 def format_detections(preds: dict[str, Detections], classes: list[str], limit: int = 50) -> str:

@@ -47,6 +47,8 @@ def test_predict_equals_extract_plus_eval(tmp_path):
     assert sum(len(v) for v in got.values()) > 0  # threshold 0: every query's detection
     assert sorted(p.name for p in (tmp_path / "pred" / "submission").glob("*.csv")) == [
         f"{v}_prediction.csv" for v in test_ids]
+    pngs = sorted((tmp_path / "pred" / "timelines").glob("*.png"))
+    assert [p.stem for p in pngs] == test_ids and all(p.stat().st_size > 5000 for p in pngs)
     result = CliRunner().invoke(app, ["predict", str(videos[0]), "--run", str(run), "--out",
                                       str(tmp_path / "cli"), "--dataset", "smg"])
     assert result.exit_code == 0, result.output
