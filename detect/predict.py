@@ -18,7 +18,8 @@ import numpy as np
 from detect.annotations import Annotations, VideoAnnotations
 from detect.postprocess import Detections, apply_threshold
 from detect.rundir import RunError, read_run
-from extract.cache import FeatureSet, read_meta, settings_key
+from extract.cache import FeatureSet, atomic_write_json, read_meta, settings_key
+from extract.provenance import versions
 
 SUBSET = "test"  # new, unlabelled videos are scored like the test split
 
@@ -74,7 +75,7 @@ def predict_videos(
     id_fn: Any = None,
 ) -> tuple[dict[str, Detections], list[str]]:
     """Extract, detect and write outputs for `videos`; returns the thresholded detections and
-    the class names."""
+    the class names. `predict.json` records the run, threshold, videos and versions."""
     import torch
 
     from detect.evaluate import load_run_model, predict
@@ -113,6 +114,10 @@ def predict_videos(
                                 threshold)
     save_predictions(out / "predictions.json", preds, classes)
     write_miga_csvs(preds, ann, out / "submission")
+    atomic_write_json(out / "predict.json", {
+        "run": str(run.resolve()), "checkpoint_epoch": ck["best_epoch"], "threshold": threshold,
+        "videos": done,
+        "feature_set": str(fs.path), "failed": summary.failed, "versions": versions()})
     _timelines(preds, ann, out / "timelines", threshold)
     return preds, classes
 

@@ -47,6 +47,8 @@ def test_predict_equals_extract_plus_eval(tmp_path):
     assert sum(len(v) for v in got.values()) > 0  # threshold 0: every query's detection
     assert sorted(p.name for p in (tmp_path / "pred" / "submission").glob("*.csv")) == [
         f"{v}_prediction.csv" for v in test_ids]
+    record = json.loads((tmp_path / "pred" / "predict.json").read_text())
+    assert record["videos"] == test_ids and record["threshold"] == 0.0
     pngs = sorted((tmp_path / "pred" / "timelines").glob("*.png"))
     assert [p.stem for p in pngs] == test_ids and all(p.stat().st_size > 5000 for p in pngs)
     result = CliRunner().invoke(app, ["predict", str(videos[0]), "--run", str(run), "--out",
