@@ -114,9 +114,9 @@ def main() -> None:
         if args.skip_train:
             return
         print(f"\n== full training of configs/synthetic-small.toml on a harder synthetic set "
-              f"(noise 1.0, 8 classes, {args.epochs} epochs)")
-        fs2, ann2 = synth_feature_set(tmp / "hard", videos=40, classes=8, seed=3, noise=1.0,
-                                      dim=64, min_duration_s=120, max_duration_s=240)
+              f"(30 videos, noise 1.0, 8 classes, {args.epochs} epochs)")
+        fs2, ann2 = synth_feature_set(tmp / "hard", videos=30, classes=8, seed=3, noise=1.0,
+                                      dim=64, min_duration_s=60, max_duration_s=150)
         scfg = load_config("configs/synthetic-small.toml", [f"train.epochs={args.epochs}"])
         t0 = time.perf_counter()
         train(scfg, FeatureSet.open(fs2.path).path, ann2, tmp / "run", progress=True)
