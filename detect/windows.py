@@ -201,8 +201,8 @@ class WindowDataset(Dataset):
         self.videos: list[_Video] = []
         self.items: list[_Window] = []
         overlap = cfg.train_overlap if train else 0.0
-        what = "frames of" if frames is not None else "features"
-        for vid in tqdm(ann.video_ids(), desc=f"loading {subset} {what}", leave=False):
+        what = "indexing {} frames" if frames is not None else "loading {} features"
+        for vid in tqdm(ann.video_ids(), desc=what.format(subset), leave=False):
             v = self._load(feature_set, vid, cfg.use_res4)
             if v.num_steps == 0:
                 raise ValueError(f"{feature_set.video_path(vid)}: video {vid!r} has no features")
