@@ -172,6 +172,26 @@ def window_dataset(cfg: Config, fs: FeatureSet, ann: Any, subset: str, train: bo
     return WindowDataset(fs, ann, subset, cfg.data, train=train, frames=opts)
 
 
+@torch.no_grad()
+def feature_mismatch(model: E2EDetector, dataset: WindowDataset, fs: FeatureSet,
+                     index: int = 0) -> float:
+    """max |e2e - cached| / max |cached| of one unaugmented window's features.
+
+    About 1e-3 (the fp16 cache) when the backbone, crop and stored frames reproduce the feature
+    set; much more when training starts from other weights or another resolution.
+    """
+    was = model.training
+    model.eval()
+    try:
+        item = dataset[index]
+        vid, start, valid = item["meta"]
+        feats, _ = model.features([item["frames"]], [item["offset"]], [valid], valid)
+    finally:
+        model.train(was)
+    cached = torch.from_numpy(fs.load(vid).features[start:start + valid]).to(feats.device)
+    return float((feats[0] - cached).abs().max() / cached.abs().max().clamp_min(1e-12))
+
+
 def run_model(model: nn.Module, batch: dict[str, Any], device: torch.device,
               window: int, amp: bool = False) -> dict[str, Tensor]:
     """One batch through either model: cached features (Detector) or frames (E2EDetector,

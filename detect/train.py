@@ -27,7 +27,13 @@ from tqdm import tqdm
 
 from detect.annotations import Annotations, load_annotations
 from detect.config import Config, check_config, config_to_dict
-from detect.e2e import build_e2e_model, e2e_parameter_groups, run_model, window_dataset
+from detect.e2e import (
+    build_e2e_model,
+    e2e_parameter_groups,
+    feature_mismatch,
+    run_model,
+    window_dataset,
+)
 from detect.evaluate import evaluate_subset
 from detect.losses import SetCriterion
 from detect.model.detector import Detector, parameter_groups
@@ -174,6 +180,12 @@ def train(
     if not e2e:
         in_dim, res4_dim = feature_dims(fs, train_ds.video_ids[0], cfg.data.use_res4)
         model = build_model(cfg, in_dim, len(ann.classes), res4_dim).to(device)
+    elif val_ds is not None and progress and ddp.main and not resume:
+        gap = feature_mismatch(model, val_ds, fs)
+        note = ("the backbone reproduces the cached features" if gap < 1e-2 else
+                "the starting backbone does NOT reproduce the cached features (other weights, "
+                "crop or frame size than the feature set's)")
+        tqdm.write(f"e2e: first val window, max relative feature difference {gap:.2g}: {note}")
     criterion = SetCriterion(cfg.loss, len(ann.classes))
     if e2e:
         groups = e2e_parameter_groups(model, cfg.train.weight_decay, cfg.train.lr,

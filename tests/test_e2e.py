@@ -15,7 +15,13 @@ from detect.annotations import load_annotations
 from detect.augment import JITTER_IDENTITY, WindowAugment, crop_flip, hue_matrix, photometric
 from detect.augment import sample_augment as draw
 from detect.config import AugmentConfig, load_config
-from detect.e2e import build_e2e_model, e2e_parameter_groups, run_model, window_dataset
+from detect.e2e import (
+    build_e2e_model,
+    e2e_parameter_groups,
+    feature_mismatch,
+    run_model,
+    window_dataset,
+)
 from detect.evaluate import evaluate_run
 from detect.losses import SetCriterion
 from detect.rundir import BEST, LAST, load_checkpoint, read_metrics_rows
@@ -172,6 +178,9 @@ def test_window_features_equal_the_cached_features(data, window):
         assert feats.shape == want.shape == (len(ds), window, 2048)
         scale = float(want.abs().max())
         torch.testing.assert_close(feats, want, rtol=2e-3, atol=2e-3 * scale)
+        assert feature_mismatch(model, ds, data.fs, len(ds) - 1) < 2e-3
+    other = build_e2e_model(load_config(None, [*TINY, "backbone.seed=1"]), 2)
+    assert feature_mismatch(other, ds, data.fs) > 0.1  # other weights: flagged
 
 
 def test_frames_are_required_with_a_clear_error(tmp_path):
