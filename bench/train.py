@@ -3,9 +3,13 @@
   - training windows per second and peak memory, Mamba-MHSA vs MHSA-only (step-time ratio), for
     the paper's model (D=512, Nq=48, Ns=30, L=4, W=128) on synthetic cached features;
   - inference time for one 15-minute video (2250 feature steps at 0.4 s);
-  - f1_miga / f1_strict / map on a harder synthetic set after full training of a small config.
+  - f1_miga / f1_strict / map on a harder synthetic set after full training of a small config;
+  - with --e2e only: the end-to-end step (I3D + detector, one window, configs/smg_e2e.toml's
+    backbone settings) at crops 160 and 224: step time, peak memory, and the ratio to a
+    feature-mode step of the same detector and window.
 
     python bench/train.py [--steps 5] [--batch 8] [--skip-train] [--epochs N]
+    python bench/train.py --e2e [--e2e-window 16] [--steps 2]
 """
 
 from __future__ import annotations
@@ -66,16 +70,92 @@ def step_time(mixer: str, ds: WindowDataset, steps: int, batch: int, device: tor
     return sec, batch / sec
 
 
+def _timed_steps(step, steps: int, device: torch.device) -> float:
+    """Median seconds of `steps` calls of step() after one warm-up call."""
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def e2e_bench(window: int, steps: int, device: torch.device) -> None:
+    """End-to-end training step for one window vs a feature-mode step (same detector)."""
+    cfg = load_config("configs/smg_e2e.toml", [f"data.window={window}", "backbone.weights=random",
+                                               "model.mamba.backend=\"torch\""])
+    stride = cfg.data.stride
+    targets = [{"labels": torch.tensor([0, 3], device=device),
+                "segments": torch.tensor([[0.1, 0.2], [0.5, 0.7]], device=device)}]
+    dense = torch.zeros(1, window, C, device=device)
+    crit = SetCriterion(cfg.loss, C)
+    print(f"\n== end-to-end step, one window of {window} steps ({window * stride} frames + "
+          f"2 x 18 halo), I3D frozen through res2, frozen BN, checkpointing, detector as "
+          f"smg.toml (D=512, Nq=48, L=4)")
+
+    torch.manual_seed(0)
+    det = Detector(cfg.model, in_dim=2048, num_classes=C).to(device)
+    opt = torch.optim.AdamW(parameter_groups(det, 1e-4), lr=1e-4)
+    feats = torch.randn(1, window, 2048, device=device)
+
+    def feature_step() -> None:
+        loss, _ = crit(det(feats), targets, dense)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    feat_sec = _timed_steps(feature_step, max(steps, 3), device)
+    print(f"feature mode: {feat_sec * 1000:8.1f} ms/step")
+    for crop in (160, 224):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sec = _e2e_step_time(cfg, crop, window, steps, device, crit, targets, dense)
+        mem = (f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB"
+               if device.type == "cuda" else f"peak RSS so far {peak_rss_mb():.0f} MB")
+        print(f"e2e crop {crop}: {sec:8.2f} s/step  {mem}  "
+              f"({sec / feat_sec:.0f}x a feature-mode step)")
+
+
+def _e2e_step_time(cfg, crop: int, window: int, steps: int, device: torch.device,
+                   crit: SetCriterion, targets: list, dense: torch.Tensor) -> float:
+    from detect.e2e import build_e2e_model, e2e_parameter_groups, run_model
+
+    torch.manual_seed(0)
+    model = build_e2e_model(cfg, C).to(device)
+    opt = torch.optim.AdamW(e2e_parameter_groups(model, 1e-4, 1e-4, cfg.backbone.lr_mult))
+    n = window * cfg.data.stride + 2 * model.halo
+    batch = {"frames": [torch.randint(0, 256, (n, crop, crop, 3), dtype=torch.uint8)],
+             "offsets": [model.halo], "meta": [("v", 0, window)],
+             "jitter": torch.tensor([[10.0, 1.2, 0.9, 5.0]], dtype=torch.float64)}
+
+    def step() -> None:
+        out = run_model(model, batch, device, window, amp=True)
+        loss, _ = crit({k: v.float() for k, v in out.items()}, targets, dense)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return _timed_steps(step, steps, device)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--e2e", action="store_true", help="only the end-to-end step benchmark")
+    ap.add_argument("--e2e-window", type=int, default=16, help="feature steps per window (--e2e)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if args.e2e:
+        e2e_bench(args.e2e_window, args.steps, device)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

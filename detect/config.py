@@ -87,6 +87,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_workers: int = 0
     select_metric: str = "f1_miga"  # best checkpoint on val by this metric
+    grad_accum: int = 1  # batches whose gradients add up before one optimiser step
 
 
 @dataclass
@@ -101,13 +102,77 @@ class EvalConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Window-consistent augmentation of end-to-end training windows (never at eval).
+
+    One draw per window, applied identically to every frame: random crop (else centre crop),
+    horizontal flip with p 0.5, and with p `photometric_p` a photometric distortion whose parts
+    each apply with p 0.5: brightness +-`brightness` (0-255 units), contrast and saturation
+    factors in [1 - x, 1 + x], hue rotation +-`hue` degrees (PointTAD's ranges).
+    """
+
+    enabled: bool = True
+    random_crop: bool = True
+    flip: bool = True
+    photometric: bool = True
+    photometric_p: float = 0.5
+    brightness: float = 32.0
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 18.0
+
+
+@dataclass
+class BackboneConfig:
+    """The I3D in end-to-end mode (`mode = "e2e"`)."""
+
+    weights: str = "kinetics"  # kinetics | random | PATH (.pyth, state_dict, e2e mgdet run)
+    seed: int = 0  # seed of weights = "random"
+    lr_mult: float = 0.05  # backbone lr = train.lr * lr_mult
+    freeze_bn: bool = True  # BatchNorm in eval mode, its parameters not trained
+    frozen_stages: int = 2  # 0: none, 1: stem, 2: stem + res2, ... 5: the whole backbone
+    checkpointing: bool = True  # activation checkpointing per residual block
+    crop: int = 0  # square crop fed to the I3D; 0: the feature set's crop
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+MODES = ("features", "e2e")
+
+
+@dataclass
 class Config:
     name: str = "mgdet"
+    mode: str = "features"  # "features": cached features; "e2e": I3D + detector from frames
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+
+def check_config(cfg: Config) -> None:
+    """Value checks that types cannot express; raises ConfigError naming the key."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.train.grad_accum < 1:
+        raise ConfigError(f"train.grad_accum: must be >= 1, got {cfg.train.grad_accum}")
+    if not 0 <= cfg.backbone.frozen_stages <= 5:
+        raise ConfigError(f"backbone.frozen_stages: must be 0..5, got {cfg.backbone.frozen_stages}")
+    if cfg.backbone.lr_mult < 0:
+        raise ConfigError(f"backbone.lr_mult: must be >= 0, got {cfg.backbone.lr_mult}")
+    if cfg.backbone.crop < 0:
+        raise ConfigError(f"backbone.crop: must be >= 0, got {cfg.backbone.crop}")
+    a = cfg.backbone.augment
+    if not 0 <= a.photometric_p <= 1:
+        raise ConfigError(f"backbone.augment.photometric_p: must be in [0, 1], got "
+                          f"{a.photometric_p}")
+    for name in ("brightness", "contrast", "saturation", "hue"):
+        if getattr(a, name) < 0:
+            raise ConfigError(f"backbone.augment.{name}: must be >= 0")
+    if a.contrast > 1 or a.saturation > 1:
+        raise ConfigError("backbone.augment.contrast and saturation must be <= 1 (factors "
+                          "stay non-negative)")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -221,7 +286,9 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
         key, value = item.split("=", 1)
         _set_nested(data, key.strip(), _parse_value(value.strip()))
     try:
-        return config_from_dict(data)
+        cfg = config_from_dict(data)
+        check_config(cfg)
+        return cfg
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path else str(e)) from e
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from detect.annotations import Annotations
 from detect.config import Config
+from detect.e2e import run_model, window_dataset
 from detect.metrics import score
 from detect.postprocess import (
     Detections,
@@ -43,9 +44,8 @@ def predict(
                         collate_fn=collate_windows)
     per_video: dict[str, list[Detections]] = {vid: [] for vid in dataset.video_ids}
     for batch in tqdm(loader, desc=f"predict {dataset.subset}", disable=not progress, leave=False):
-        feats = batch["features"].to(device)
-        res4 = batch["res4"].to(device) if batch.get("res4") is not None else None
-        out = model(feats, res4)
+        out = run_model(model, batch, device, cfg.data.window,
+                        amp=cfg.train.amp and cfg.mode == "e2e")
         decoded = decode_windows(
             out["logits"][-1].float().cpu(),
             out["segments"][-1].float().cpu(),
@@ -97,7 +97,8 @@ def load_run_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, di
 
     cfg, _ = read_run(run)
     ck = load_checkpoint(Path(run) / BEST)
-    model = build_model(cfg, ck["in_dim"], len(ck["classes"]), ck["res4_dim"]).to(device)
+    model = build_model(cfg, ck["in_dim"], len(ck["classes"]), ck["res4_dim"],
+                        pretrained=False).to(device)
     model.load_state_dict(ck["model"])
     model.eval()
     return model, ck
@@ -122,7 +123,7 @@ def evaluate_run(run: Path, subset: str = "test", progress: bool = True) -> dict
     ann = load_annotations(Path(info["annotations"]), feature_set=fs)
     model, ck = load_run_model(run, device)
     threshold = cfg.eval.score_threshold if cfg.eval.score_threshold >= 0 else ck["threshold"]
-    dataset = WindowDataset(fs, ann, subset, cfg.data, train=False)
+    dataset = window_dataset(cfg, fs, ann, subset, train=False, halo=getattr(model, "halo", 0))
     metrics, preds = evaluate_subset(model, dataset, ann, cfg, device, threshold, progress)
     kept = apply_threshold(preds, threshold)
     save_predictions(run / "predictions.json", kept, ann.classes)

@@ -1,8 +1,11 @@
-"""Training on cached features: windows -> detector -> Hungarian set losses, best epoch on `val`.
+"""Training: windows -> detector -> Hungarian set losses, best epoch on `val`.
 
-One process by default; under `torchrun` it trains with DDP (gloo on CPU, NCCL on CUDA).
-Checkpoints are written atomically every epoch with the optimiser, scheduler and RNG states, so
-`--resume` continues a killed run and reaches the same final metrics as an uninterrupted run.
+`mode = "features"` trains on cached features; `mode = "e2e"` trains stage one's I3D together
+with the detector from stored frames (`detect.e2e`). One process by default; under `torchrun` it
+trains with DDP (gloo on CPU, NCCL on CUDA). `train.grad_accum` batches add their gradients
+before each optimiser step. Checkpoints are written atomically every epoch with the optimiser,
+scheduler and RNG states (and the backbone in e2e mode), so `--resume` continues a killed run and
+reaches the same final metrics as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detect.annotations import Annotations, load_annotations
-from detect.config import Config, config_to_dict
+from detect.config import Config, check_config, config_to_dict
+from detect.e2e import (
+    build_e2e_model,
+    e2e_parameter_groups,
+    feature_mismatch,
+    run_model,
+    window_dataset,
+)
 from detect.evaluate import evaluate_subset
 from detect.losses import SetCriterion
 from detect.model.detector import Detector, parameter_groups
@@ -39,6 +49,7 @@ from detect.rundir import (
 )
 from detect.windows import WindowDataset, collate_windows
 from extract.cache import FeatureSet
+from extract.i3d import RES4_DIM, RES5_DIM
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,19 +94,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int) -> Detector:
+def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,
+                pretrained: bool = True) -> torch.nn.Module:
+    """The detector (features mode) or the I3D + detector (e2e mode; pretrained=False gives a
+    random backbone to load a checkpoint into)."""
+    if cfg.mode == "e2e":
+        return build_e2e_model(cfg, num_classes, pretrained=pretrained)
     return Detector(cfg.model, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
 
 
 def feature_dims(fs: FeatureSet, video_id: str, use_res4: bool) -> tuple[int, int]:
     v = fs.load(video_id, with_res4=use_res4)
     return v.features.shape[1], (v.res4.shape[1] if v.res4 is not None else 0)
-
-
-def autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -132,6 +142,7 @@ def train(
 ) -> dict[str, Any]:
     """Train a detector; returns the best val metrics. `max_epochs` stops early (for tests)."""
     out = Path(out)
+    check_config(cfg)
     device = resolve_device(cfg.train.device)
     ddp = Distributed.from_env(device)
     if ddp.world_size > 1 and device.type == "cuda":
@@ -155,17 +166,33 @@ def train(
         write_run_files(out, cfg, fs, Path(annotations), {"classes": ann.classes})
 
     seed_everything(cfg.train.seed + ddp.rank)
-    train_ds = WindowDataset(fs, ann, "train", cfg.data, train=True)
+    e2e = cfg.mode == "e2e"
+    halo = 0
+    if e2e:
+        in_dim, res4_dim = RES5_DIM, RES4_DIM if cfg.data.use_res4 else 0
+        model = build_model(cfg, in_dim, len(ann.classes), res4_dim).to(device)
+        halo = model.halo
+    train_ds = window_dataset(cfg, fs, ann, "train", train=True, halo=halo)
     # Without a `val` subset the best epoch falls back to the lowest training loss.
     val_ds = None
     if ann.subset("val").videos:
-        val_ds = WindowDataset(fs, ann, "val", cfg.data, train=False)
-    in_dim, res4_dim = feature_dims(fs, train_ds.video_ids[0], cfg.data.use_res4)
-    model = build_model(cfg, in_dim, len(ann.classes), res4_dim).to(device)
+        val_ds = window_dataset(cfg, fs, ann, "val", train=False, halo=halo)
+    if not e2e:
+        in_dim, res4_dim = feature_dims(fs, train_ds.video_ids[0], cfg.data.use_res4)
+        model = build_model(cfg, in_dim, len(ann.classes), res4_dim).to(device)
+    elif val_ds is not None and progress and ddp.main and not resume:
+        gap = feature_mismatch(model, val_ds, fs)
+        note = ("the backbone reproduces the cached features" if gap < 1e-2 else
+                "the starting backbone does NOT reproduce the cached features (other weights, "
+                "crop or frame size than the feature set's)")
+        tqdm.write(f"e2e: first val window, max relative feature difference {gap:.2g}: {note}")
     criterion = SetCriterion(cfg.loss, len(ann.classes))
-    optim = torch.optim.AdamW(
-        parameter_groups(model, cfg.train.weight_decay), lr=cfg.train.lr
-    )
+    if e2e:
+        groups = e2e_parameter_groups(model, cfg.train.weight_decay, cfg.train.lr,
+                                      cfg.backbone.lr_mult)
+    else:
+        groups = parameter_groups(model, cfg.train.weight_decay)
+    optim = torch.optim.AdamW(groups, lr=cfg.train.lr)
     sched = torch.optim.lr_scheduler.StepLR(optim, cfg.train.lr_step, cfg.train.lr_gamma)
 
     start_epoch, best_metric, best_epoch = 0, -math.inf, -1
@@ -194,6 +221,7 @@ def train(
         per_rank = -(-len(indices) // ddp.world_size)
         indices = [indices[i % len(indices)] for i in range(per_rank * ddp.world_size)]
         indices = indices[ddp.rank :: ddp.world_size]
+        train_ds.set_epoch(epoch)
         loader = DataLoader(
             torch.utils.data.Subset(train_ds, indices),
             batch_size=cfg.train.batch_size,
@@ -204,12 +232,12 @@ def train(
         net.train()
         sums: dict[str, float] = {}
         steps = 0
+        accum, num_batches = cfg.train.grad_accum, len(loader)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ddp.main),
                    leave=False)
-        for batch in bar:
+        for i, batch in enumerate(bar):
             batch = _to_device(batch, device)
-            with autocast(device, use_amp):
-                outputs = net(batch["features"], batch.get("res4"))
+            outputs = run_model(net, batch, device, cfg.data.window, amp=use_amp)
             outputs = {k: v.float() for k, v in outputs.items()}
             bad = [k for k, v in outputs.items() if not torch.isfinite(v).all()]
             if not bad:
@@ -222,11 +250,20 @@ def train(
                     f"the last good checkpoint is {out / LAST}. Try a lower train.lr or "
                     "train.clip_grad."
                 )
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-            optim.step()
+            # The batches of one optimiser step; the last group of an epoch may be shorter.
+            first = i // accum * accum
+            group = min(accum, num_batches - first)
+            if i == first:
+                optim.zero_grad(set_to_none=True)
+            stepping = i == first + group - 1
+            sync = nullcontext() if stepping or ddp.world_size == 1 else net.no_sync()
+            with sync:
+                (loss / group if group > 1 else loss).backward()
+            if stepping:
+                if cfg.train.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], cfg.train.clip_grad)
+                optim.step()
             steps += 1
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -266,7 +303,7 @@ def train(
     return {"best_metric": best_metric, "best_epoch": best_epoch}
 
 
-def _checkpoint(model: Detector, cfg: Config, ann: Annotations, in_dim: int, res4_dim: int,
+def _checkpoint(model: torch.nn.Module, cfg: Config, ann: Annotations, in_dim: int, res4_dim: int,
                 epoch: int, best_metric: float, best_epoch: int) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
@@ -284,7 +321,8 @@ def finalize_threshold(out: Path, val_ds: WindowDataset | None, ann: Annotations
                        device: torch.device) -> None:
     """Store in best.pt the score threshold that maximises F1 on `val` (never on `test`)."""
     ck = load_checkpoint(out / BEST)
-    model = build_model(cfg, ck["in_dim"], len(ck["classes"]), ck["res4_dim"]).to(device)
+    model = build_model(cfg, ck["in_dim"], len(ck["classes"]), ck["res4_dim"],
+                        pretrained=False).to(device)
     model.load_state_dict(ck["model"])
     threshold = 0.0
     if val_ds is not None:

@@ -17,12 +17,18 @@ Ground truth per window:
 Instances are first clipped to the video's feature extent [0, T] (the last partial stride has no
 feature); instances starting at or after T are dropped as unseen (zero-length ones exactly at T
 belong to the last step).
+
+End-to-end mode (`frames=FrameOptions(...)`): instead of cached features an item carries the
+window's stored 10 fps frames with `halo` context frames each side, cut exactly as the chunked
+extractor cuts a chunk (core frames [s*stride, (s+valid)*stride), input clipped to the video), so
+the backbone's features of the core equal the cached ones.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +37,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from detect.annotations import Annotations
-from detect.config import DataConfig
-from extract.cache import FeatureSet
+from detect.augment import WindowAugment, centre, crop_flip, sample_augment
+from detect.config import AugmentConfig, DataConfig
+from extract.cache import CacheError, FeatureSet, read_frames, read_frames_info, read_meta
 
 
 def plan_windows(num_steps: int, window: int, overlap: float, tail: bool = True) -> list[int]:
@@ -104,12 +111,30 @@ def dense_targets(
 
 
 @dataclass
+class FrameOptions:
+    """How end-to-end windows read stored frames.
+
+    crop: square crop side; halo: context frames each side (>= the backbone's reach, even);
+    augment: training augmentation (None: centre crop only); seed: base of the per-window draws.
+    """
+
+    crop: int
+    halo: int
+    augment: AugmentConfig | None = None
+    seed: int = 0
+
+
+@dataclass
 class _Video:
     video_id: str
-    features: np.ndarray  # (T, C) float32
+    features: np.ndarray | None  # (T, C) float32; None in frames mode
     res4: np.ndarray | None  # (T, C4) float32
     ft: np.ndarray  # (n, 2) instances in feature time
     labels: np.ndarray  # (n,)
+    num_steps: int = 0
+    num_frames: int = 0
+    path: str = ""
+    size: tuple[int, int] = (0, 0)  # stored frame (height, width)
 
 
 @dataclass
@@ -147,6 +172,7 @@ class WindowDataset(Dataset):
         subset: str,
         data_cfg: DataConfig,
         train: bool,
+        frames: FrameOptions | None = None,
     ) -> None:
         cfg = data_cfg
         if not math.isclose(feature_set.fps, cfg.fps) or feature_set.stride != cfg.stride:
@@ -170,18 +196,22 @@ class WindowDataset(Dataset):
         self.stride = feature_set.stride
         self.fps = feature_set.fps
         self.train = train
+        self.frames = frames
+        self.epoch = 0
         self.videos: list[_Video] = []
         self.items: list[_Window] = []
         overlap = cfg.train_overlap if train else 0.0
-        for vid in tqdm(ann.video_ids(), desc=f"loading {subset} features", leave=False):
-            v = feature_set.load(vid, with_res4=cfg.use_res4)
+        what = "indexing {} frames" if frames is not None else "loading {} features"
+        for vid in tqdm(ann.video_ids(), desc=what.format(subset), leave=False):
+            v = self._load(feature_set, vid, cfg.use_res4)
             if v.num_steps == 0:
                 raise ValueError(f"{feature_set.video_path(vid)}: video {vid!r} has no features")
             va = ann.videos[vid]
-            ft, labels = instances_in_feature_time(
+            v.ft, v.labels = instances_in_feature_time(
                 va.segments, va.labels, v.num_steps, self.stride, self.fps
             )
-            self.videos.append(_Video(vid, v.features, v.res4, ft, labels))
+            ft = v.ft
+            self.videos.append(v)
             for s in plan_windows(v.num_steps, self.window, overlap, tail=True):
                 valid = min(self.window, v.num_steps - s)
                 inside = np.nonzero((ft[:, 0] >= s) & (ft[:, 1] <= s + self.window))[0]
@@ -194,6 +224,58 @@ class WindowDataset(Dataset):
                 f"(window {self.window} steps); set data.keep_background or a longer window"
             )
 
+    def _load(self, fs: FeatureSet, vid: str, use_res4: bool) -> _Video:
+        empty = np.zeros((0, 2), np.float64), np.zeros(0, np.int64)
+        if self.frames is None:
+            v = fs.load(vid, with_res4=use_res4)
+            return _Video(vid, v.features, v.res4, *empty, num_steps=v.num_steps)
+        path = fs.video_path(vid)
+        if not path.is_file():
+            raise CacheError(f"{fs.path}: no features for video {vid!r}")
+        meta = read_meta(path)
+        info = read_frames_info(path)
+        if info is None:
+            raise CacheError(
+                f"{path}: no stored frames; end-to-end training reads frames, not videos: "
+                f"re-run `python -m extract features ... --save-frames` into {fs.path.parent}"
+            )
+        if info.num_frames != meta.num_frames:
+            raise CacheError(f"{path}: {info.num_frames} stored frames != num_frames "
+                             f"{meta.num_frames}")
+        if self.frames.crop > min(info.height, info.width):
+            raise CacheError(
+                f"{path}: crop {self.frames.crop} does not fit the stored {info.height}x"
+                f"{info.width} frames (short side {info.short_side}); lower backbone.crop or "
+                "store larger frames (--frames-short-side)"
+            )
+        return _Video(vid, None, None, *empty, num_steps=meta.num_frames // self.stride,
+                      num_frames=meta.num_frames, path=str(path), size=(info.height, info.width))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training augmentation draws depend on (seed, epoch, index) only, so resume repeats
+        them exactly."""
+        self.epoch = epoch
+
+    def augmentation(self, index: int) -> WindowAugment:
+        """The crop, flip and jitter of item `index` this epoch (centre crop at eval)."""
+        assert self.frames is not None
+        h, w = self.videos[self.items[index].video].size
+        if not self.train or self.frames.augment is None:
+            return centre(h, w, self.frames.crop)
+        gen = torch.Generator().manual_seed(
+            (self.frames.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        return sample_augment(gen, h, w, self.frames.crop, self.frames.augment)
+
+    def frame_span(self, index: int) -> tuple[int, int, int]:
+        """(first, stop, core offset) of the frames item `index` reads: its core frames
+        [start*stride, (start+valid)*stride) with `halo` frames each side, clipped to the video."""
+        assert self.frames is not None
+        w = self.items[index]
+        v = self.videos[w.video]
+        c0, c1 = w.start * self.stride, (w.start + w.valid) * self.stride
+        f0, f1 = max(0, c0 - self.frames.halo), min(v.num_frames, c1 + self.frames.halo)
+        return f0, f1, c0 - f0
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -202,24 +284,49 @@ class WindowDataset(Dataset):
         v = self.videos[w.video]
         W = self.window
         seg = (v.ft[w.inside] - w.start) / W
-        return {
-            "features": _slice_padded(v.features, w.start, W),
-            "res4": None if v.res4 is None else _slice_padded(v.res4, w.start, W),
+        item: dict[str, Any] = {
             "labels": torch.from_numpy(v.labels[w.inside].copy()),
             "segments": torch.from_numpy(seg.astype(np.float32)),
             "dense": torch.from_numpy(
-                dense_targets(v.ft, v.labels, w.start, W, v.features.shape[0], self.num_classes)
+                dense_targets(v.ft, v.labels, w.start, W, v.num_steps, self.num_classes)
             ),
             "meta": (v.video_id, w.start, w.valid),
         }
+        if self.frames is None:
+            assert v.features is not None
+            item["features"] = _slice_padded(v.features, w.start, W)
+            item["res4"] = None if v.res4 is None else _slice_padded(v.res4, w.start, W)
+            return item
+        f0, f1, offset = self.frame_span(index)
+        aug = self.augmentation(index)
+        item["frames"] = crop_flip(torch.from_numpy(read_frames(Path(v.path), f0, f1)), aug)
+        item["offset"] = offset
+        item["jitter"] = torch.tensor(aug.jitter, dtype=torch.float64)
+        return item
 
 
 def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch items: `features` (B, W, C), `res4` (B, W, C4) or None, `targets` (list of dicts
     with `labels` (n,) int64 and `segments` (n, 2) float32), `dense` (B, W, C), `meta` (list of
-    (video_id, start, valid))."""
+    (video_id, start, valid)).
+
+    Frame windows (end-to-end) instead give `frames` (list of B (n_i, h, w, 3) uint8: lengths
+    differ at video edges), `offsets` (list of B core offsets in frames) and `jitter` (B, 4).
+    """
     if not items:
         raise ValueError("collate_windows needs at least one window")
+    common = {
+        "targets": [{"labels": it["labels"], "segments": it["segments"]} for it in items],
+        "dense": torch.stack([it["dense"] for it in items]),
+        "meta": [it["meta"] for it in items],
+    }
+    if "frames" in items[0]:
+        return {
+            "frames": [it["frames"] for it in items],
+            "offsets": [int(it["offset"]) for it in items],
+            "jitter": torch.stack([it["jitter"] for it in items]),
+            **common,
+        }
     has_res4 = [it["res4"] is not None for it in items]
     if any(has_res4) and not all(has_res4):
         raise ValueError("some windows have res4 features and some do not")

@@ -32,7 +32,9 @@ def _id_fn(dataset: str, id_suffix: str):
 def features(
     videos: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="Feature cache root; the set goes to OUT/<key>/."),
-    weights: str = typer.Option("kinetics", help="kinetics | random | PATH to a checkpoint."),
+    weights: str = typer.Option("kinetics", help="kinetics | random | PATH to a checkpoint "
+                                "(.pyth, a state_dict, or an end-to-end mgdet run's "
+                                "runs/NAME/checkpoints/best.pt)."),
     seed: int = typer.Option(0, help="Seed of --weights random."),
     stride: int = typer.Option(4, help="10 fps frames per stored feature: 2, 4 or 8."),
     short_side: int = typer.Option(256, help="Resize the short side to this (0: keep)."),
@@ -46,6 +48,12 @@ def features(
     dataset: str = typer.Option("", help="smg | imigue: name videos as that dataset's labels do "
                                 "(SMG: Sample0001_color.mp4 -> Sample0001)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    save_frames: bool = typer.Option(False, "--save-frames",
+                                     help="Also store the decoded 10 fps frames (uint8, resized, "
+                                     "not cropped) for end-to-end training; the key is unchanged."),
+    frames_short_side: int = typer.Option(0, help="Short side of the stored frames (0: the same "
+                                          "as --short-side, which lets end-to-end training "
+                                          "reproduce the cached features)."),
 ) -> None:
     """Extract features for every video into one feature set; prints the feature-set path."""
     from extract.i3d import WeightsError
@@ -54,7 +62,8 @@ def features(
     try:
         cfg = ExtractConfig(weights=weights, seed=seed, stride=stride, short_side=short_side,
                             crop=crop, res4=res4, dtype=dtype.value,
-                            chunk_frames=chunk_frames or None, device=device, workers=workers)
+                            chunk_frames=chunk_frames or None, device=device, workers=workers,
+                            save_frames=save_frames, frames_short_side=frames_short_side)
         summary = run_extraction(videos, out, cfg, id_fn=_id_fn(dataset, id_suffix),
                                  progress=progress)
     except (WeightsError, ValueError) as e:

@@ -12,6 +12,16 @@ different settings never mix and any number of training runs reuse one feature s
 Feature i of a video covers the 10 fps frames [i*stride, (i+1)*stride); its timestamp is the
 centre of that interval in seconds, (i + 0.5) * stride / fps. Stage two maps window positions to
 seconds with the same convention (`feature_timestamps`).
+
+Stored frames (`--save-frames`, for end-to-end training): a per-video file may also hold
+`frames` (N, H, W, 3) uint8, every decoded 10 fps frame resized to a short side (attribute
+`short_side` on the dataset; 0 = source size) and NOT cropped, in HDF5 chunks of
+`FRAME_CHUNK` frames, uncompressed (measured on 128x170 frames: lzf saved 1.06-1.5x of the space
+but made a 548-frame window read 8-11x slower, 330-540 ms instead of 40-50 ms on one core; gzip-1
+saved 1.3-2.4x at 17x slower reads). About 3 GB per hour of 16:9 video at short side 128.
+Frames change no number, so they are not part of the key:
+a set with frames is a superset of the same set without. `featureset.json` records the short side
+last asked for under "frames"; each file's own attribute is what counts.
 """
 
 from __future__ import annotations
@@ -32,6 +42,11 @@ import numpy as np
 FEATURESET_FILE = "featureset.json"
 FAILURES_FILE = "failures.json"
 H5_SUFFIX = ".h5"
+FRAMES = "frames"
+# Frames per HDF5 chunk: a training window (hundreds of frames) reads a few whole chunks
+# (32 and 64 read equally fast); no compression, see the module docstring.
+FRAME_CHUNK = 32
+FRAME_COMPRESSION: str | None = None
 
 
 class CacheError(ValueError):
@@ -116,6 +131,112 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _check_arrays(path: Path, features: np.ndarray, timestamps: np.ndarray,
+                  res4: np.ndarray | None) -> None:
+    if features.ndim != 2 or timestamps.shape != (features.shape[0],):
+        raise CacheError(
+            f"{path}: features must be (T, C) with (T,) timestamps, got {features.shape} "
+            f"and {timestamps.shape}"
+        )
+    if res4 is not None and (res4.ndim != 2 or res4.shape[0] != features.shape[0]):
+        raise CacheError(f"{path}: res4 features {res4.shape} do not match {features.shape}")
+
+
+class VideoWriter:
+    """Write one per-video file atomically, frames first as they are decoded, then the features.
+
+    Everything goes to a temporary file in the same folder; `finish` flushes, fsyncs and renames
+    it to `path`, so a `kill -9` at any moment leaves either no file or the complete one. Used as
+    a context manager, an exception (or leaving without `finish`) deletes the temporary file.
+    """
+
+    def __init__(self, path: Path, frames_short_side: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".h5.tmp",
+                                   dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.frames_short_side = frames_short_side
+        self.num_frames = 0
+        self._f: h5py.File | None = h5py.File(self.tmp, "w")
+
+    def append_frames(self, frames: Any) -> None:
+        """Append (n, H, W, 3) uint8 frames (numpy or torch) to the `frames` dataset."""
+        assert self._f is not None, "writer already finished"
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+            raise CacheError(f"{self.path}: frames must be (n, H, W, 3) uint8, got "
+                             f"{frames.shape} {frames.dtype}")
+        if FRAMES not in self._f:
+            if self.frames_short_side is None:
+                raise CacheError(f"{self.path}: frames given but no frames_short_side")
+            h, w = frames.shape[1:3]
+            ds = self._f.create_dataset(
+                FRAMES, shape=(0, h, w, 3), maxshape=(None, h, w, 3), dtype=np.uint8,
+                chunks=(FRAME_CHUNK, h, w, 3), compression=FRAME_COMPRESSION,
+            )
+            ds.attrs["short_side"] = int(self.frames_short_side)
+        ds = self._f[FRAMES]
+        if frames.shape[1:] != ds.shape[1:]:
+            raise CacheError(f"{self.path}: frame size changed from {ds.shape[1:3]} to "
+                             f"{frames.shape[1:3]} at frame {ds.shape[0]}")
+        n0 = ds.shape[0]
+        ds.resize(n0 + frames.shape[0], axis=0)
+        ds[n0:] = frames
+        self.num_frames = n0 + frames.shape[0]
+
+    def finish(
+        self,
+        features: np.ndarray,
+        timestamps: np.ndarray,
+        meta: FeatureMeta,
+        res4: np.ndarray | None = None,
+        dtype: str = "float16",
+        source_pts: np.ndarray | None = None,
+    ) -> None:
+        """Write the features and attributes and move the file into place (see `write_video`)."""
+        assert self._f is not None, "writer already finished"
+        features = np.asarray(features)
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        _check_arrays(self.path, features, timestamps, res4)
+        if FRAMES in self._f and self.num_frames != meta.num_frames:
+            raise CacheError(f"{self.path}: {self.num_frames} frames stored but the video has "
+                             f"{meta.num_frames}")
+        f = self._f
+        f.create_dataset("features", data=features.astype(dtype))
+        if res4 is not None:
+            f.create_dataset("features_res4", data=res4.astype(dtype))
+        f.create_dataset("timestamps", data=timestamps)
+        if source_pts is not None:
+            f.create_dataset("source_pts", data=np.asarray(source_pts, np.float64))
+        attrs = asdict(meta)
+        extra = attrs.pop("extra")
+        attrs["layers"] = json.dumps(list(meta.layers))
+        attrs["extra"] = json.dumps(extra, sort_keys=True)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.flush()
+        f.close()
+        self._f = None
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the temporary file (nothing at `path` changes)."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
 def write_video(
     path: Path,
     features: np.ndarray,
@@ -131,40 +252,53 @@ def write_video(
     source frame shown at each 10 fps output frame, or None. A `kill -9` at any moment leaves
     either no file or the complete file at `path`.
     """
+    _check_arrays(Path(path), np.asarray(features), np.asarray(timestamps), res4)
+    with VideoWriter(path) as w:
+        w.finish(features, timestamps, meta, res4=res4, dtype=dtype, source_pts=source_pts)
+
+
+@dataclass
+class FramesInfo:
+    """The stored frames of one per-video file: count, size, and the short side they were
+    resized to (0: the source size)."""
+
+    num_frames: int
+    height: int
+    width: int
+    short_side: int
+
+
+def read_frames_info(path: Path) -> FramesInfo | None:
+    """The `frames` dataset's shape and short side, or None when the file holds no frames."""
     path = Path(path)
-    features = np.asarray(features)
-    timestamps = np.asarray(timestamps, dtype=np.float64)
-    if features.ndim != 2 or timestamps.shape != (features.shape[0],):
-        raise CacheError(
-            f"{path}: features must be (T, C) with (T,) timestamps, got {features.shape} "
-            f"and {timestamps.shape}"
-        )
-    if res4 is not None and (res4.ndim != 2 or res4.shape[0] != features.shape[0]):
-        raise CacheError(f"{path}: res4 features {res4.shape} do not match {features.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5.tmp", dir=path.parent)
-    os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features.astype(dtype))
-            if res4 is not None:
-                f.create_dataset("features_res4", data=res4.astype(dtype))
-            f.create_dataset("timestamps", data=timestamps)
-            if source_pts is not None:
-                f.create_dataset("source_pts", data=np.asarray(source_pts, np.float64))
-            attrs = asdict(meta)
-            extra = attrs.pop("extra")
-            attrs["layers"] = json.dumps(list(meta.layers))
-            attrs["extra"] = json.dumps(extra, sort_keys=True)
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with h5py.File(path, "r") as f:
+            if FRAMES not in f:
+                return None
+            ds = f[FRAMES]
+            if ds.ndim != 4 or ds.shape[3] != 3 or ds.dtype != np.uint8:
+                raise CacheError(f"{path}: dataset 'frames' is {ds.shape} {ds.dtype}, not "
+                                 "(N, H, W, 3) uint8")
+            n, h, w, _ = ds.shape
+            return FramesInfo(int(n), int(h), int(w), int(ds.attrs.get("short_side", -1)))
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable HDF5 feature file ({e})") from e
+
+
+def read_frames(path: Path, start: int, stop: int) -> np.ndarray:
+    """Stored frames [start, stop) of one video: (stop - start, H, W, 3) uint8."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if FRAMES not in f:
+                raise CacheError(f"{path}: no stored frames (extract with --save-frames)")
+            ds = f[FRAMES]
+            if not 0 <= start < stop <= ds.shape[0]:
+                raise CacheError(f"{path}: frames [{start}, {stop}) are outside the "
+                                 f"{ds.shape[0]} stored frames")
+            return ds[start:stop]
+    except OSError as e:
+        raise CacheError(f"{path}: not a readable HDF5 feature file ({e})") from e
 
 
 def read_meta(path: Path) -> FeatureMeta:
@@ -233,6 +367,8 @@ class FeatureSet:
     path: Path
     key: str
     settings: dict[str, Any]
+    # {"short_side": S} once a run stored frames (`--save-frames`); not part of the key.
+    frames: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, path: Path) -> FeatureSet:
@@ -242,9 +378,17 @@ class FeatureSet:
             raise CacheError(f"{path}: not a feature set ({FEATURESET_FILE} is missing)")
         try:
             data = json.loads(info.read_text())
-            return cls(path=path, key=str(data["key"]), settings=dict(data["settings"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            frames = data.get("frames")
+            return cls(path=path, key=str(data["key"]), settings=dict(data["settings"]),
+                       frames=dict(frames) if frames is not None else None)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise CacheError(f"{info}: malformed feature-set description ({e})") from e
+
+    def record_frames(self, short_side: int) -> None:
+        """Note in featureset.json that frames are stored at `short_side` (the key stays)."""
+        self.frames = {"short_side": int(short_side)}
+        atomic_write_json(self.path / FEATURESET_FILE,
+                          {"key": self.key, "settings": self.settings, "frames": self.frames})
 
     @classmethod
     def find(cls, path: Path) -> FeatureSet:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -133,15 +133,30 @@ def resize_crop(frames: torch.Tensor, short_side: int, crop: int) -> torch.Tenso
         x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False,
                           antialias=False)
     if crop:
-        if crop > min(nh, nw):
-            raise ValueError(f"crop {crop} is larger than the resized frame {nh}x{nw}")
-        # Same offsets as pytorchvideo's centre crop (ceil of half the excess).
-        y0 = int(math.ceil((nh - crop) / 2))
-        x0 = int(math.ceil((nw - crop) / 2))
+        y0, x0 = center_crop_offsets(nh, nw, crop)
         x = x[:, :, y0:y0 + crop, x0:x0 + crop]
     if x.dtype != torch.uint8:
         x = x.round_().clamp_(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()
+
+
+def center_crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
+    """(y0, x0) of the centre crop: pytorchvideo's offsets (ceil of half the excess)."""
+    if crop > min(height, width):
+        raise ValueError(f"crop {crop} is larger than the resized frame {height}x{width}")
+    return int(math.ceil((height - crop) / 2)), int(math.ceil((width - crop) / 2))
+
+
+def center_crop(frames: torch.Tensor, crop: int) -> torch.Tensor:
+    """(n, h, w, 3) -> (n, crop, crop, 3), contiguous; crop 0 keeps the frame.
+
+    `resize_crop(x, s, c)` equals `center_crop(resize_crop(x, s, 0), c)` exactly (rounding to
+    uint8 is per pixel), which is what lets stored uncropped frames reproduce the features.
+    """
+    if not crop:
+        return frames
+    y0, x0 = center_crop_offsets(frames.shape[1], frames.shape[2], crop)
+    return frames[:, y0:y0 + crop, x0:x0 + crop].contiguous()
 
 
 def normalize(frames: torch.Tensor) -> torch.Tensor:
@@ -290,6 +305,11 @@ class FrameStream:
     Iterating yields (n, h, w, 3) uint8 tensors of consecutive 10 fps frames (n <= chunk);
     `result` is complete once iteration ends. A decoding error is raised in the iterating thread,
     naming the file and frame. At most `max_chunks` chunks wait in the queue.
+
+    keep_short_side: also make an uncropped copy of every chunk, resized to this short side
+    (0: the source size), and hand it to `on_kept` in the iterating thread just before the
+    chunk itself is yielded (`--save-frames`). When it equals `settings.short_side`, the model's
+    chunk is the centre crop of the kept one, so the resize runs once.
     """
 
     def __init__(
@@ -298,9 +318,15 @@ class FrameStream:
         settings: DecodeSettings,
         chunk: int = 16,
         max_chunks: int = 8,
+        keep_short_side: int | None = None,
+        on_kept: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
+        if (keep_short_side is None) != (on_kept is None):
+            raise ValueError("keep_short_side and on_kept go together")
         self.path = Path(path)
         self.settings = settings
+        self.keep = keep_short_side
+        self.on_kept = on_kept
         self.chunk = chunk
         self.result = DecodeResult(path=self.path, fps=settings.fps)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_chunks)
@@ -327,9 +353,16 @@ class FrameStream:
 
     def _flush(self, pending: list[np.ndarray]) -> bool:
         batch = torch.from_numpy(np.stack(pending))
-        out = resize_crop(batch, self.settings.short_side, self.settings.crop)
         pending.clear()
-        return self._put(out)
+        s = self.settings
+        if self.keep is None:
+            return self._put(resize_crop(batch, s.short_side, s.crop))
+        kept = resize_crop(batch, self.keep, 0)
+        if self.keep == s.short_side:
+            out = center_crop(kept, s.crop)
+        else:
+            out = resize_crop(batch, s.short_side, s.crop)
+        return self._put((out, kept))
 
     def _run(self) -> None:
         pending: list[np.ndarray] = []
@@ -365,6 +398,10 @@ class FrameStream:
             if isinstance(item, BaseException):
                 self._done = True
                 raise item
+            if isinstance(item, tuple):
+                item, kept = item
+                assert self.on_kept is not None
+                self.on_kept(kept)
             yield item
 
     def close(self) -> None:

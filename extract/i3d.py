@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from pytorchvideo.models.hub import i3d_r50
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from extract.decode import normalize
 
@@ -51,20 +52,45 @@ class I3DBackbone(nn.Module):
     """blocks.0-5 of `i3d_r50`, spatially averaged.
 
     forward: (N, 3, T, H, W) -> res5 (N, 2048, T // 2) and res4 (N, 1024, T // 2) or None.
+
+    checkpointing: while gradients are recorded, run every residual block (and the stem) of a
+    block that has trainable parameters under activation checkpointing, so training keeps only
+    the block inputs and recomputes the rest in the backward pass. Blocks without trainable
+    parameters run plainly (they record nothing when their input needs no gradient).
     """
 
-    def __init__(self, net: nn.Module, res4: bool = False) -> None:
+    def __init__(self, net: nn.Module, res4: bool = False, checkpointing: bool = False) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(list(net.blocks[:BACKBONE_BLOCKS]))
         self.res4 = res4
+        self.checkpointing = checkpointing
+
+    def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not (self.checkpointing and torch.is_grad_enabled()
+                and any(p.requires_grad for p in block.parameters())):
+            return block(x)
+        parts = list(block.res_blocks) if hasattr(block, "res_blocks") else [block]
+        for part in parts:
+            x = checkpoint(part, x, use_reentrant=False)
+        return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         r4 = None
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = self._run(block, x)
             if i == 4 and self.res4:
                 r4 = x.float().mean(dim=(3, 4))
         return x.float().mean(dim=(3, 4)), r4
+
+
+def pool_steps(steps: torch.Tensor, group: int) -> torch.Tensor:
+    """Average `group` consecutive native steps into one stored feature.
+
+    steps: (S, C) -> (S // group, C) float32; trailing steps that do not fill a group are
+    dropped. The one pooling used by the extractor and by end-to-end training.
+    """
+    s = steps.shape[0] // group * group
+    return steps[:s].reshape(s // group, group, -1).float().mean(dim=1)
 
 
 def temporal_reach(module: nn.Module) -> tuple[int, int, int]:
@@ -146,8 +172,17 @@ def fetch_kinetics() -> Path:
     return path
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's state_dict: a `.pyth` dict with `model_state`, or a plain state_dict."""
+# In an end-to-end mgdet checkpoint the I3D's state sits under this prefix of "model".
+MGDET_BACKBONE_PREFIX = "backbone."
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """(backbone-or-whole state_dict, is_mgdet) of a checkpoint file.
+
+    Accepts a `.pyth` dict with `model_state`, a plain state_dict, or an mgdet training
+    checkpoint of an end-to-end run (`runs/NAME/checkpoints/best.pt`: its "model" holds the
+    backbone under "backbone."). A feature-mode mgdet checkpoint holds no backbone: an error.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: checkpoint file does not exist")
@@ -157,13 +192,29 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(
             f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})"
         ) from e
-    if isinstance(obj, dict) and isinstance(obj.get("model_state"), dict):
+    mgdet = isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj
+    if mgdet:
+        mode = obj["config"].get("mode", "features") if isinstance(obj["config"], dict) else None
+        obj = {k.removeprefix(MGDET_BACKBONE_PREFIX): v for k, v in obj["model"].items()
+               if k.startswith(MGDET_BACKBONE_PREFIX)}
+        if not obj:
+            raise WeightsError(
+                f"{path}: an mgdet checkpoint of a {mode!r}-mode run holds no I3D backbone; "
+                "only end-to-end runs (mode = \"e2e\") finetune it"
+            )
+    elif isinstance(obj, dict) and isinstance(obj.get("model_state"), dict):
         obj = obj["model_state"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(
-            f"{path}: not a state_dict (expected a dict of tensors, or a dict with 'model_state')"
+            f"{path}: not a state_dict (expected a dict of tensors, a dict with 'model_state', "
+            "or an end-to-end mgdet checkpoint)"
         )
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}, mgdet
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's state_dict (see `read_checkpoint` for the formats)."""
+    return read_checkpoint(path)[0]
 
 
 def check_backbone_state(
@@ -206,10 +257,13 @@ def build_backbone(weights: str = "kinetics", seed: int = 0,
     else:
         path = fetch_kinetics() if weights == "kinetics" else Path(weights)
         reference = net.state_dict()
-        state = check_backbone_state(load_state(path), reference, path)
+        raw, mgdet = read_checkpoint(path)
+        state = check_backbone_state(raw, reference, path)
         net.load_state_dict(state, strict=False)
         label = "kinetics" if weights == "kinetics" else str(Path(weights).resolve())
-        info = Weights(label=label, sha256=file_sha256(path))
+        # A training checkpoint is rewritten with other content (optimiser, threshold): its
+        # digest is that of the backbone weights alone, so equal weights give an equal key.
+        info = Weights(label=label, sha256=state_digest(state) if mgdet else file_sha256(path))
     backbone = I3DBackbone(net, res4=res4).eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -287,9 +341,7 @@ class ChunkedExtractor:
 
     def _pool(self, steps: torch.Tensor) -> np.ndarray:
         """(S, C) native steps (S a multiple of stride // 2) -> (S // g, C) stride features."""
-        g = self.stride // 2
-        s = steps.shape[0] // g * g
-        return steps[:s].reshape(s // g, g, -1).mean(dim=1).float().cpu().numpy()
+        return pool_steps(steps, self.stride // 2).cpu().numpy()
 
     def run(self, frames: Iterable[torch.Tensor],
             progress: Callable[[int], None] | None = None) -> Features:

@@ -6,6 +6,9 @@
 - Under torchrun (RANK / WORLD_SIZE set) the sorted video list is split round-robin between ranks;
   `failures.json` is updated under a file lock, so ranks never clobber each other's entries.
 - Decoding of the next `workers - 1` videos overlaps the model run of the current one.
+- `save_frames` also stores the decoded 10 fps frames, uncropped, at `frames_short_side` (for
+  end-to-end training). The key does not change; a finished video without frames (or with frames
+  of another short side) counts as not done and is extracted again.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from extract.cache import (
     CacheError,
     FeatureMeta,
     FeatureSet,
+    VideoWriter,
     atomic_write_json,
     feature_timestamps,
+    read_frames_info,
     read_meta,
     read_video,
-    write_video,
 )
 from extract.decode import VIDEO_EXTENSIONS, DecodeError, DecodeSettings, FrameStream
 from extract.i3d import (
@@ -69,8 +73,12 @@ class ExtractConfig:
     workers: int = 1
     batch_chunks: int = 4
     fps: float = 10.0
+    save_frames: bool = False
+    frames_short_side: int = 0  # 0: the same as short_side
 
     def __post_init__(self) -> None:
+        if self.frames_short_side < 0:
+            raise ValueError(f"frames_short_side must be >= 0, got {self.frames_short_side}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
         if self.stride not in (2, 4, 8):
@@ -152,6 +160,9 @@ def featureset_settings(cfg: ExtractConfig, weights: Weights) -> tuple[str, dict
     """(readable name, settings that change the numbers) for `FeatureSet.create`."""
     layers = ["res5", "res4"] if cfg.res4 else ["res5"]
     kind = weights.label if weights.label in ("kinetics", "random") else Path(weights.label).stem
+    label = Path(weights.label)
+    if label.parent.name == "checkpoints" and label.parent.parent.name:
+        kind = f"{label.parent.parent.name}-{kind}"  # runs/NAME/checkpoints/best.pt -> NAME-best
     settings = {
         "model": MODEL_NAME,
         "weights": kind,
@@ -175,12 +186,24 @@ def _source_stamp(path: Path) -> dict[str, int]:
     return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
 
 
-def is_done(fs: FeatureSet, video_id: str, path: Path) -> bool:
-    """True when the feature file exists and was made from this exact source (size, mtime)."""
+def frames_short_side(cfg: ExtractConfig) -> int | None:
+    """The short side stored frames get in this run, None when frames are not saved."""
+    if not cfg.save_frames:
+        return None
+    return cfg.frames_short_side or cfg.short_side
+
+
+def is_done(fs: FeatureSet, video_id: str, path: Path, frames: int | None = None) -> bool:
+    """True when the feature file exists and was made from this exact source (size, mtime) and,
+    when `frames` is a short side, also holds the frames at that short side."""
     if not fs.has(video_id) or not path.is_file():
         return False
     try:
         meta = read_meta(fs.video_path(video_id))
+        if frames is not None:
+            info = read_frames_info(fs.video_path(video_id))
+            if info is None or info.short_side != frames:
+                return False
     except CacheError:
         return False
     stamp = _source_stamp(path)
@@ -246,12 +269,28 @@ class Extractor:
         )
         self.decode = DecodeSettings(cfg.fps, cfg.short_side, cfg.crop)
 
+        self.frames = frames_short_side(cfg)
+
     def stream(self, path: Path) -> FrameStream:
-        return FrameStream(path, self.decode, chunk=16, max_chunks=max(8, 2 * 16))
+        """A decoding stream for `path`; with frames saved, `extract` attaches the writer."""
+        return FrameStream(path, self.decode, chunk=16, max_chunks=max(8, 2 * 16),
+                           keep_short_side=self.frames, on_kept=self._no_writer
+                           if self.frames is not None else None)
+
+    @staticmethod
+    def _no_writer(frames: object) -> None:
+        raise RuntimeError("frames decoded before a writer was attached")
 
     def extract(self, fs: FeatureSet, video_id: str, path: Path, stream: FrameStream,
                 bar: tqdm | None = None) -> FeatureMeta:
         """Run one video and write its file atomically; raises DecodeError on bad input."""
+        with VideoWriter(fs.video_path(video_id), frames_short_side=self.frames) as writer:
+            if self.frames is not None:
+                stream.on_kept = writer.append_frames  # runs in this thread, before the model
+            return self._extract(writer, video_id, path, stream, bar)
+
+    def _extract(self, writer: VideoWriter, video_id: str, path: Path, stream: FrameStream,
+                 bar: tqdm | None) -> FeatureMeta:
         stamp = _source_stamp(path) if path.is_file() else {}
         step = (lambda n: bar.update(n)) if bar is not None else None
         try:
@@ -281,8 +320,8 @@ class Extractor:
                    "short_side": self.cfg.short_side, "crop": self.cfg.crop},
         )
         ts = feature_timestamps(feats.res5.shape[0], self.cfg.stride, self.cfg.fps)
-        write_video(fs.video_path(video_id), feats.res5, ts, meta, res4=feats.res4,
-                    dtype=self.cfg.dtype, source_pts=np.asarray(res.chosen_pts, np.float64))
+        writer.finish(feats.res5, ts, meta, res4=feats.res4, dtype=self.cfg.dtype,
+                      source_pts=np.asarray(res.chosen_pts, np.float64))
         return meta
 
 
@@ -305,12 +344,14 @@ def run_extraction(
     extractor = Extractor(cfg)
     name, settings = featureset_settings(cfg, extractor.weights)
     fs = FeatureSet.create(out, name, settings)
+    if extractor.frames is not None and rank == 0:
+        fs.record_frames(extractor.frames)
     summary = RunSummary(featureset=fs.path)
     remove_stale_temps(fs, list(mine))
 
     todo = []
     for vid, path in mine.items():
-        if is_done(fs, vid, path):
+        if is_done(fs, vid, path, extractor.frames):
             summary.skipped.append(vid)
         else:
             todo.append((vid, path))
@@ -389,11 +430,15 @@ class FeatureSetReport:
     videos: int = 0
     duration: float = 0.0
     steps: int = 0
+    with_frames: int = 0
     broken: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [f"feature set {self.fs.path}", f"  key {self.fs.key}"]
         out += [f"  {k}: {json.dumps(v)}" for k, v in sorted(self.fs.settings.items())]
+        if self.fs.frames is not None:
+            out.append(f"  frames: short side {self.fs.frames.get('short_side')}, stored for "
+                       f"{self.with_frames} of {self.videos} videos")
         out.append(f"  videos {self.videos}, {self.duration:.1f} s ({self.duration / 3600:.2f} h), "
                    f"{self.steps} features")
         failures = self.fs.failures()
@@ -429,6 +474,12 @@ def inspect_featureset(path: Path, progress: bool = True) -> FeatureSetReport:
             expected = feature_timestamps(v.num_steps, m.stride, m.fps)
             if not np.allclose(v.timestamps, expected, rtol=0, atol=1e-9):
                 problems.append("timestamps do not follow (i + 0.5) * stride / fps")
+            frames = read_frames_info(p)
+            if frames is not None:
+                report.with_frames += 1
+                if frames.num_frames != m.num_frames:
+                    problems.append(f"{frames.num_frames} stored frames != num_frames "
+                                    f"{m.num_frames}")
             if problems:
                 report.broken[vid] = f"{p}: " + "; ".join(problems)
             report.duration += m.duration
