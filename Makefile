@@ -26,7 +26,7 @@ DEMO_ARGS ?=
 # tests
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo features convert train eval test bench lint
+.PHONY: help venv demo features convert train eval predict report test bench lint
 
 help: ## list the targets and their variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,8 +41,9 @@ help: ## list the targets and their variables
 	@echo "  CONFIG=$(CONFIG)  stage-two config (train)"
 	@echo "  FEATURES=$(FEATURES)  feature set, or a cache root holding one (train)"
 	@echo "  ANNOTATIONS=$(ANNOTATIONS)  canonical annotations.json (train)"
-	@echo "  RUN=$(RUN)  run directory (train, eval)"
-	@echo "  SUBSET=$(SUBSET)  subset to evaluate (eval)"
+	@echo "  RUN=$(RUN)  run directory (train, eval, predict, report)"
+	@echo "  SUBSET=$(SUBSET)  subset to evaluate (eval, report)"
+	@echo "  VIDEO=  video file(s) or folder (predict)"
 	@echo "  TRAIN_ARGS=  extra options, e.g. --set train.epochs=10 or --resume (train)"
 	@echo "  DEMO_ARGS=  extra options for python -m detect demo, e.g. --videos 4 (demo)"
 	@echo "  PYTEST_ARGS=  extra options for pytest (test)"
@@ -75,6 +76,13 @@ train: $(STAMP) $(if $(and $(DATASET),$(ROOT)),convert) ## train: make train CON
 
 eval: $(STAMP) ## evaluate a run: make eval RUN=runs/smg SUBSET=test
 	$(PY) -m detect eval $(RUN) --subset $(SUBSET)
+
+predict: $(STAMP) ## detections on new videos: make predict VIDEO=path.mp4 RUN=runs/smg
+	@test -n "$(VIDEO)" || { echo "make predict needs VIDEO=file-or-folder and RUN=runs/NAME"; exit 2; }
+	$(PY) -m detect predict $(VIDEO) --run $(RUN) $(if $(DATASET),--dataset $(DATASET),)
+
+report: $(STAMP) ## HTML report of an evaluated run: make report RUN=runs/smg
+	$(PY) -m detect report $(RUN) --subset $(SUBSET)
 
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -29,6 +29,9 @@ class DataConfig:
     train_overlap: float = 0.75  # overlap of training windows
     keep_background: bool = False  # also train on windows without a complete instance
     use_res4: bool = False  # also feed the cached res4 features
+    # Standardise each feature channel with the training set's mean and std (stored in the
+    # model). Random-init or frozen I3D features vary over time by ~0.1% of their magnitude.
+    standardize: bool = True
 
 
 @dataclass

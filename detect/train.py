@@ -103,6 +103,22 @@ def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,
     return Detector(cfg.model, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
 
 
+def feature_stats(ds: WindowDataset) -> tuple[torch.Tensor | None, ...]:
+    """Per-channel mean and std over every feature step of the dataset's videos (float64 sums):
+    (C,), (C,), then (C4,), (C4,) for res4 or None, None."""
+    out: list[torch.Tensor | None] = []
+    for key in ("features", "res4"):
+        arrays = [getattr(v, key) for v in ds.videos]
+        if any(a is None for a in arrays):
+            out += [None, None]
+            continue
+        n = sum(a.shape[0] for a in arrays)
+        mean = sum(a.sum(0, dtype=np.float64) for a in arrays) / n
+        var = sum(((a - mean) ** 2).sum(0, dtype=np.float64) for a in arrays) / max(n - 1, 1)
+        out += [torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float()]
+    return tuple(out)
+
+
 def feature_dims(fs: FeatureSet, video_id: str, use_res4: bool) -> tuple[int, int]:
     v = fs.load(video_id, with_res4=use_res4)
     return v.features.shape[1], (v.res4.shape[1] if v.res4 is not None else 0)
@@ -180,6 +196,9 @@ def train(
     if not e2e:
         in_dim, res4_dim = feature_dims(fs, train_ds.video_ids[0], cfg.data.use_res4)
         model = build_model(cfg, in_dim, len(ann.classes), res4_dim).to(device)
+        if cfg.data.standardize:
+            model.set_input_stats(*[t.to(device) if t is not None else None
+                                    for t in feature_stats(train_ds)])
     elif val_ds is not None and progress and ddp.main and not resume:
         gap = feature_mismatch(model, val_ds, fs)
         note = ("the backbone reproduces the cached features" if gap < 1e-2 else

@@ -292,3 +292,22 @@ def test_centre_order_mixer_gradients_and_sorting():
     torch.testing.assert_close(mixer(q, centres), mixer.attn_norm(unsorted + attn))
     with pytest.raises(ValueError, match="centres"):
         mixer(q)
+
+
+def test_input_standardisation_equals_standardised_inputs():
+    from detect.config import ModelConfig as _MC
+
+    cfg = _MC(hidden_dim=16, num_queries=4, num_points=6, num_layers=1, num_heads=2, ffn_dim=32,
+              mix_dim=4, dropout=0.0)
+    torch.manual_seed(0)
+    a = Detector(cfg, in_dim=5, num_classes=3, res4_dim=2).eval()
+    b = Detector(cfg, in_dim=5, num_classes=3, res4_dim=2).eval()
+    b.load_state_dict(a.state_dict())
+    x, r = torch.randn(2, 8, 5) * 0.01 + 3.0, torch.randn(2, 8, 2) + 1.0
+    mean, std = x.mean((0, 1)), x.std((0, 1))
+    a.set_input_stats(mean, std, r.mean((0, 1)), r.std((0, 1)))
+    got = a(x, r)
+    want = b((x - mean) / std, (r - r.mean((0, 1))) / r.std((0, 1)))
+    for k in got:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+    assert "input_mean" in a.state_dict() and "res4_std" in a.state_dict()

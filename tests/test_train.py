@@ -132,3 +132,21 @@ def test_two_process_ddp_training_on_cpu(tiny_set, tmp_path):
                              train=True))
     assert int(rows[0]["train_windows"]) == -(-full // 2)
     assert load_checkpoint(tmp_path / "ddp" / BEST)["threshold"] >= 0
+
+
+def test_feature_stats_match_numpy_and_are_stored_in_the_checkpoint(tiny_set, tmp_path):
+    import numpy as np
+
+    from detect.train import feature_stats
+
+    fs, ann = tiny_set
+    cfg = load_config(None, [*TINY, "train.epochs=1"])
+    ds = WindowDataset(fs, load_annotations(ann), "train", cfg.data, train=True)
+    mean, std, m4, s4 = feature_stats(ds)
+    allf = np.concatenate([fs.load(v).features for v in ds.video_ids]).astype(np.float64)
+    np.testing.assert_allclose(mean.numpy(), allf.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.numpy(), allf.std(0, ddof=1), rtol=1e-5, atol=1e-6)
+    assert m4 is None and s4 is None
+    train(cfg, fs.path, ann, tmp_path / "r", progress=False)
+    ck = load_checkpoint(tmp_path / "r" / BEST)
+    torch.testing.assert_close(ck["model"]["input_mean"], mean)

@@ -95,6 +95,12 @@ class Detector(nn.Module):
         D = cfg.hidden_dim
         self.input_proj = nn.Linear(in_dim, D)
         self.res4_proj = nn.Linear(res4_dim, D) if res4_dim > 0 else None
+        # Per-channel standardisation of the inputs (set from the training set by the trainer,
+        # identity by default), kept in the state_dict so every checkpoint carries its own.
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_std", torch.ones(in_dim))
+        self.register_buffer("res4_mean", torch.zeros(max(res4_dim, 0)))
+        self.register_buffer("res4_std", torch.ones(max(res4_dim, 0)))
         self.query_embed = nn.Embedding(cfg.num_queries, D)  # N(0, 1) init
         self.query_points = nn.Parameter(init_query_points(cfg.num_queries, cfg.num_points))
         self.query_points._no_weight_decay = True
@@ -110,7 +116,7 @@ class Detector(nn.Module):
             raise ValueError(f"features must be (B, W, {self.in_dim}), got {tuple(features.shape)}")
         if features.shape[1] < 1:
             raise ValueError("features have an empty window (W = 0)")
-        x = self.input_proj(features)
+        x = self.input_proj((features - self.input_mean) / self.input_std)
         if self.res4_proj is None:
             if res4 is not None:
                 raise ValueError("res4 features given but the detector was built with res4_dim=0")
@@ -122,7 +128,17 @@ class Detector(nn.Module):
                 f"res4 must be (B, W, {self.res4_dim}) = {(*features.shape[:2], self.res4_dim)}, "
                 f"got {tuple(res4.shape)}"
             )
-        return x + self.res4_proj(res4)
+        return x + self.res4_proj((res4 - self.res4_mean) / self.res4_std)
+
+    @torch.no_grad()
+    def set_input_stats(self, mean: Tensor, std: Tensor, res4_mean: Tensor | None = None,
+                        res4_std: Tensor | None = None, eps: float = 1e-6) -> None:
+        """Standardise inputs per channel with these statistics ((in_dim,) and (res4_dim,))."""
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp_min(eps))
+        if self.res4_proj is not None and res4_mean is not None and res4_std is not None:
+            self.res4_mean.copy_(res4_mean)
+            self.res4_std.copy_(res4_std.clamp_min(eps))
 
     def forward(self, features: Tensor, res4: Tensor | None = None) -> dict[str, Tensor]:
         x = self.project(features, res4)
