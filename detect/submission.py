@@ -5,8 +5,9 @@ label files, which the 2023 submissions copied):
 - file `<video_id>_prediction.csv`, no header, one row per detection: `class,start_frame,end_frame`;
 - class is 1-based (label_id + 1);
 - frames are indices at the video's source fps (the annotation's `fps`), 0-based by default
-  (`frame_base`; the release's base is ambiguous and ±1 frame is negligible at tIoU 0.3),
-  rounded to the nearest frame (halves up), clamped to the video's frames, end >= start;
+  (`frame_base`; the release's base is ambiguous and ±1 frame is negligible at tIoU 0.3), an
+  inclusive range as in the label files, converted by `detect.datasets.common.frame_ranges` (the
+  inverse of the converters' `frames_to_seconds`), clamped to the video's frames, end >= start;
 - rows in time order (start, end, class), which the matching rule does not depend on.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from detect.annotations import Annotations
+from detect.datasets.common import frame_ranges
 from detect.postprocess import Detections
 from extract.cache import atomic_write_bytes
 
@@ -29,19 +31,10 @@ class SubmissionError(ValueError):
     """A submission cannot be written or a CSV is malformed."""
 
 
-def seconds_to_frames(
-    t: np.ndarray, fps: float, duration: float, frame_base: int = 0
-) -> np.ndarray:
-    """Seconds (n,) -> nearest source frame index (n,) int64, clamped to the video's frames."""
-    last = max(0, int(np.floor(duration * fps + 0.5)) - 1)
-    f = np.floor(np.asarray(t, np.float64) * fps + 0.5).astype(np.int64)
-    return np.clip(f, 0, last) + frame_base
-
-
 def miga_rows(d: Detections, fps: float, duration: float, frame_base: int = 0) -> np.ndarray:
     """(n, 3) int64 rows (1-based class, start frame, end frame) in time order."""
-    start = seconds_to_frames(d.start, fps, duration, frame_base)
-    end = np.maximum(seconds_to_frames(d.end, fps, duration, frame_base), start)
+    num_frames = max(1, int(np.floor(duration * fps + 0.5)))
+    start, end = frame_ranges(d.start, d.end, fps, frame_base, num_frames)
     rows = np.stack([d.label + 1, start, end], axis=1).astype(np.int64)
     order = np.lexsort((rows[:, 0], rows[:, 2], rows[:, 1]))
     return rows[order]

@@ -199,22 +199,40 @@ def test_miga_csvs(tmp_path):
     }
     ann = parse_annotations({"classes": CLASSES, "database": db})
     preds = {
-        # 3.34 s * 30 = 100.2 -> 100; 1.25 s -> 37.5 rounds half up to 38; 9.99 s -> 300 clamps
-        # to the last frame 299; a reversed rounding (end frame < start frame) cannot happen.
+        # Inclusive frame ranges: [1.25 s, 2.0 s) at 30 fps -> frames 38 (37.5 rounds half up)
+        # to 59; 3.34 s -> 100; 9.99 s -> 300 - 1 = 299, the last frame; end >= start always.
         "Sample0036": Detections([3.34, 1.25, 9.9], [3.5, 2.0, 9.99], [2, 0, 1], [0.9, 0.8, 0.7]),
         "Sample0001": Detections([1.0], [2.0], [0], [0.5]),
     }
     paths = write_miga_csvs(preds, ann, tmp_path / "sub", subset="test")
     assert [p.name for p in paths] == ["Sample0036_prediction.csv", "Sample0037_prediction.csv"]
-    assert paths[0].read_text() == "1,38,60\n3,100,105\n2,297,299\n"
-    assert read_miga_csv(paths[0]).tolist() == [[1, 38, 60], [3, 100, 105], [2, 297, 299]]
+    assert paths[0].read_text() == "1,38,59\n3,100,104\n2,297,299\n"
+    assert read_miga_csv(paths[0]).tolist() == [[1, 38, 59], [3, 100, 104], [2, 297, 299]]
     assert paths[1].read_text() == "" and read_miga_csv(paths[1]).shape == (0, 3)
     one = write_miga_csvs(preds, ann, tmp_path / "b", frame_base=1)
     assert [p.name for p in one] == ["Sample0001_prediction.csv", "Sample0036_prediction.csv"]
-    assert read_miga_csv(one[1])[0].tolist() == [1, 39, 61]
+    assert read_miga_csv(one[1])[0].tolist() == [1, 39, 60]
     with pytest.raises(SubmissionError, match="Sample0099"):
         write_miga_csvs({"Sample0099": Detections.empty()}, ann, tmp_path / "c")
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2,3\n4,9,5\n")
     with pytest.raises(SubmissionError, match="bad.csv, line 2"):
         read_miga_csv(bad)
+
+
+def test_miga_csv_of_ground_truth_gives_back_the_label_rows(tmp_path):
+    """Labels -> seconds (converters) -> MiGA CSV (submission) is the identity on frames."""
+    from detect.datasets.common import frames_to_seconds
+    from detect.submission import read_miga_csv, write_miga_csvs
+
+    rows = [(2, 0, 0), (1, 14, 75), (3, 299, 299), (1, 100, 101)]  # 1-based class, inclusive
+    segs = [frames_to_seconds(a, b, 29.97) for _, a, b in rows]
+    db = {"Sample0040": {"subset": "test", "duration": 300 / 29.97, "fps": 29.97, "annotations": [
+        {"label": CLASSES[c - 1], "label_id": c - 1, "segment": list(s)}
+        for (c, _, _), s in zip(rows, segs, strict=True)]}}
+    ann = parse_annotations({"classes": CLASSES, "database": db})
+    v = ann.videos["Sample0040"]
+    dets = {"Sample0040": Detections(v.segments[:, 0], v.segments[:, 1], v.labels,
+                                     np.ones(len(rows)))}
+    (path,) = write_miga_csvs(dets, ann, tmp_path)
+    assert sorted(map(tuple, read_miga_csv(path).tolist())) == sorted(rows)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from extract.cache import atomic_write_json
 
 SUBSETS = ("train", "val", "test")
@@ -42,8 +44,23 @@ def frames_to_seconds(
     return (start_frame - base) / fps, (end_frame - base + 1) / fps
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
+def frame_ranges(
+    start_s: np.ndarray, end_s: np.ndarray, fps: float, base: int = 0,
+    num_frames: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """[start_s, end_s) in seconds (n,) -> inclusive frame ranges (start (n,), end (n,)) int64.
+
+    The inverse of `frames_to_seconds`: start = round(s*fps), end = round(e*fps) - 1 (halves
+    up), never before start; with `num_frames`, clamped to the video's frames; then `base` added.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    a = np.floor(np.asarray(start_s, np.float64) * fps + 0.5).astype(np.int64)
+    b = np.floor(np.asarray(end_s, np.float64) * fps + 0.5).astype(np.int64) - 1
+    if num_frames is not None:
+        last = max(int(num_frames) - 1, 0)
+        a, b = np.clip(a, 0, last), np.clip(b, 0, last)
+    return a + base, np.maximum(a, b) + base
 
 
 def seconds_to_frames(start_s: float, end_s: float, fps: float, base: int = 0) -> tuple[int, int]:
@@ -51,11 +68,8 @@ def seconds_to_frames(start_s: float, end_s: float, fps: float, base: int = 0) -
 
     The inverse of `frames_to_seconds`; the end frame is never before the start frame.
     """
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    a = _round_half_up(start_s * fps) + base
-    b = _round_half_up(end_s * fps) - 1 + base
-    return a, max(a, b)
+    a, b = frame_ranges(np.array([start_s]), np.array([end_s]), fps, base)
+    return int(a[0]), int(b[0])
 
 
 @dataclass
@@ -246,7 +260,7 @@ def probe_video(path: Path) -> VideoProbe:
                 duration = c.duration / 1_000_000
             else:
                 duration = 0.0
-            frames = int(st.frames) if st.frames else _round_half_up(duration * fps)
+            frames = int(st.frames) if st.frames else int(math.floor(duration * fps + 0.5))
     except av.error.FFmpegError as e:
         raise DatasetError(f"{path}: not a readable video ({e})") from e
     if frames > 0 and duration <= 0:
