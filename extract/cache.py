@@ -252,8 +252,7 @@ def write_video(
     source frame shown at each 10 fps output frame, or None. A `kill -9` at any moment leaves
     either no file or the complete file at `path`.
     """
-    _check_arrays(Path(path), np.asarray(features), np.asarray(timestamps), res4)
-    with VideoWriter(path) as w:
+    with VideoWriter(path) as w:  # finish() checks the arrays; a failure removes the temp file
         w.finish(features, timestamps, meta, res4=res4, dtype=dtype, source_pts=source_pts)
 
 
