@@ -5,6 +5,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mgdet-installed
+# torch: on a machine without an NVIDIA GPU, the CPU build from PyTorch's CPU index (a venv of
+# about 1.3 GB); with a GPU, or when that index cannot be reached, PyPI's CUDA build (about 5.9 GB;
+# it runs on a CPU too). TORCH_BUILD=cpu|cuda forces the choice.
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_BUILD ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+# PyPI's x86_64 Linux wheels are CUDA builds; elsewhere (aarch64, macOS) they are CPU builds already.
+TORCH_CPU_WHEEL := $(if $(filter x86_64,$(shell uname -m)),$(filter Linux,$(shell uname -s)),)
 
 # extraction
 VIDEOS ?= data/videos
@@ -21,6 +30,8 @@ ANNOTATIONS ?= $(if $(DATASET),data/$(DATASET)/annotations.json,)
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 SUBSET ?= test
 TRAIN_ARGS ?=
+# prediction
+VIDEO ?=
 # demo
 DEMO_ARGS ?=
 # tests
@@ -55,8 +66,19 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# torch first, pinned, unless the venv already has one (a CUDA machine may bring its own).
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	@$(PY) -c "import torch" 2>/dev/null || { \
+	  if [ "$(TORCH_BUILD)" = cpu ] && [ -n "$(TORCH_CPU_WHEEL)" ]; then \
+	    echo "no NVIDIA GPU: torch $(TORCH_VERSION) CPU build from $(TORCH_CPU_INDEX)"; \
+	    $(PY) -m pip install -q --retries 1 --index-url $(TORCH_CPU_INDEX) \
+	      torch==$(TORCH_VERSION)+cpu torchvision==$(TORCHVISION_VERSION)+cpu 2>/dev/null || { \
+	      echo "no CPU build from $(TORCH_CPU_INDEX): PyPI's CUDA build instead (about 5.9 GB; runs on the CPU)"; \
+	      $(PY) -m pip install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION); }; \
+	  else \
+	    $(PY) -m pip install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION); \
+	  fi; }
+	@$(PY) -c "import torch; print('torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
 	$(PY) -m pip install -q -e '.[dev,report]'
+	@du -sh $(VENV) 2>/dev/null | awk '{print "virtualenv $(VENV): " $$1}'
 	@touch $(STAMP)
 
 demo: $(STAMP) ## the whole pipeline on a rendered synthetic set (about 15 min on 2 CPU cores)

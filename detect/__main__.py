@@ -1,4 +1,6 @@
-"""`python -m detect ...`: train, eval, score, synth, convert, synth-videos."""
+"""Stage two of mgdet: train, evaluate and apply the micro-gesture detector on cached features.
+
+Each command has its own --help."""
 
 from __future__ import annotations
 

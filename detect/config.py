@@ -6,6 +6,7 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -242,7 +243,7 @@ def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {p} is not a table")
+            raise ConfigError(f"{dotted}: {p} is not a table")
     node[parts[-1]] = value
 
 
@@ -274,6 +275,9 @@ def read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: `base` must be a path string")
+    if not (path.parent / base).is_file():
+        raise ConfigError(f"{path}: base config {base!r} not found (looked for "
+                          f"{path.parent / base})")
     return _merge(read_toml(path.parent / base, (*_seen, path.resolve())), data)
 
 
@@ -283,17 +287,28 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         data = read_toml(path)
+        try:
+            _checked(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+    # One override at a time, so an error names the --set that caused it, not the file.
+    cfg = _checked(data)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         key, value = item.split("=", 1)
-        _set_nested(data, key.strip(), _parse_value(value.strip()))
-    try:
-        cfg = config_from_dict(data)
-        check_config(cfg)
-        return cfg
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from e
+        try:
+            _set_nested(data, key.strip(), _parse_value(value.strip()))
+            cfg = _checked(data)
+        except ConfigError as e:
+            raise ConfigError(f"--set {item}: {e}") from e
+    return cfg
+
+
+def _checked(data: dict[str, Any]) -> Config:
+    cfg = config_from_dict(copy.deepcopy(data))
+    check_config(cfg)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

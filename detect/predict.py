@@ -10,6 +10,7 @@ with matplotlib, `timelines/<video>.png`.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,18 @@ def predict_videos(
     if train_fs.key != info["feature_set"]["key"]:
         raise RunError(f"{train_fs.path}: feature set key changed since training")
     ecfg = extraction_config_for(train_fs)
+    created = [d for d in (out, out / "features") if not d.exists()]
     summary = run_extraction(videos, out / "features", ecfg, id_fn=id_fn, progress=progress)
     if summary.failed:
         print(format_summary(summary))
     fs = FeatureSet.open(summary.featureset)
     done = [v for v in [*summary.done, *summary.skipped] if fs.has(v)]
     if not done:
+        if not fs.video_ids():  # a set this call made for nothing: leave no trace of it
+            shutil.rmtree(fs.path)
+        for d in reversed(created):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise RunError("no video could be read; see the messages above")
     device = resolve_device(cfg.train.device)
     model, ck = load_run_model(run, device)

@@ -378,5 +378,4 @@ def write_report(
                        videos)
     index = out / INDEX
     atomic_write_bytes(index, page.encode("utf-8"))
-    index.chmod(0o644)  # the atomic writer's temporary file is private; a page is for reading
     return index

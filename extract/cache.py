@@ -103,13 +103,35 @@ def settings_key(name: str, settings: dict[str, Any], digits: int = 10) -> str:
     return f"{safe}-{digest}"
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file_beside(path: Path, suffix: str, prefix: str | None = None) -> tuple[int, str]:
+    """(fd, name) of a new temporary file in `path`'s folder (created if needed), with the
+    permissions an ordinary `open` would give under the umask: mkstemp makes files 0600, and a
+    feature set or run renamed from one would be unreadable by the rest of a team."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     """A binary file that appears at `path` only when the block finishes (temporary file in the
     same folder, flush, fsync, rename): readers see the old file or the whole new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path, ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -152,9 +174,7 @@ class VideoWriter:
 
     def __init__(self, path: Path, frames_short_side: int | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".h5.tmp",
-                                   dir=self.path.parent)
+        fd, tmp = temp_file_beside(self.path, ".h5.tmp", prefix=f".{self.path.stem}.")
         os.close(fd)
         self.tmp = Path(tmp)
         self.frames_short_side = frames_short_side

@@ -13,17 +13,24 @@ and the halo covers the backbone's temporal reach, chunked features equal one-pa
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from pytorchvideo.models.hub import i3d_r50
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from extract.decode import normalize
+
+with warnings.catch_warnings():
+    # pytorchvideo imports fvcore, which calls torch.jit.script at import time; torch >= 2.10
+    # warns about that on every command. Nothing of ours uses TorchScript.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated",
+                            category=FutureWarning)
+    from pytorchvideo.models.hub import i3d_r50
 
 KINETICS_URL = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/I3D_8x8_R50.pyth"
 KINETICS_FILE = "I3D_8x8_R50.pyth"

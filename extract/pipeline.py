@@ -105,17 +105,26 @@ class RunSummary:
 
 
 def find_videos(inputs: Sequence[Path]) -> list[Path]:
-    """Files as given (even missing ones: they are reported as failures), folders searched
-    recursively for video extensions. Sorted, without duplicates."""
+    """Files as given (whatever their extension: a bad one is a failure of that video), folders
+    searched recursively for video extensions. Sorted, without duplicates.
+
+    Raises ValueError, before anything is created, for a path that does not exist, a folder
+    without videos, or no input at all: those are usage errors, not failed videos."""
     found: set[Path] = set()
+    if not inputs:
+        raise ValueError("no videos given")
     for item in map(Path, inputs):
         if item.is_dir():
-            for p in item.rglob("*"):
-                hidden = p.name.startswith(".")
-                if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not hidden:
-                    found.add(p)
-        else:
+            inside = [p for p in item.rglob("*") if p.is_file()
+                      and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith(".")]
+            if not inside:
+                raise ValueError(f"{item}: no video files in this folder (looked for "
+                                 f"{', '.join(VIDEO_EXTENSIONS[:4])}, ...)")
+            found.update(inside)
+        elif item.exists():
             found.add(item)
+        else:
+            raise ValueError(f"{item}: no such file or folder")
     return sorted(found)
 
 

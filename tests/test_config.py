@@ -77,3 +77,27 @@ def test_shipped_configs_load():
     assert len(files) >= 8
     for f in files:
         load_config(f)
+
+
+def test_a_bad_set_is_blamed_not_the_file(tmp_path):
+    p = tmp_path / "good.toml"
+    p.write_text("[train]\nepochs = 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, ["train.lr=3e-4", "train.epochs=abc"])
+    assert str(e.value).startswith("--set train.epochs=abc: train.epochs: expected int")
+    assert "good.toml" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^--set train.grad_accum=0: .*must be >= 1"):
+        load_config(p, ["train.grad_accum=0"])
+    p.write_text("[train]\nepochs = 'x'\n")  # the file's own mistake still names the file
+    with pytest.raises(ConfigError, match=r"good.toml: train.epochs: expected int"):
+        load_config(p, ["train.lr=1e-3"])
+
+
+def test_a_missing_base_names_the_file_that_refers_to_it(tmp_path):
+    (tmp_path / "abl").mkdir()
+    child = tmp_path / "abl" / "child.toml"
+    child.write_text('base = "../smg.toml"\n[model]\nnum_points = 12\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(child)
+    msg = str(e.value)
+    assert msg.startswith(f"{child}: base config '../smg.toml' not found"), msg

@@ -126,7 +126,6 @@ def make_bad_inputs(d: Path) -> dict[str, str]:
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     write_video(d / "short.mp4", cfr_times(10, 3))
     return {
-        "missing": "does not exist",
         "empty": "empty (0 bytes)",
         "text": "not a video FFmpeg can read",
         "audio": "no video stream",
@@ -141,8 +140,8 @@ def test_bad_inputs_are_reported_and_the_rest_is_done(tmp_path, videos):
     good = videos / "sub" / "Sample0002_color.mp4"
     out = tmp_path / "out"
     runner = CliRunner()
-    args = ["features", str(bad), str(bad / "audio.wav"), str(tmp_path / "missing.mp4"),
-            str(good), "--out", str(out), *TINY_ARGS]
+    args = ["features", str(bad), str(bad / "audio.wav"), str(good), "--out", str(out),
+            *TINY_ARGS]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     fs = FeatureSet.open(Path(result.stdout.strip().splitlines()[-1]))
@@ -158,7 +157,22 @@ def test_bad_inputs_are_reported_and_the_rest_is_done(tmp_path, videos):
     write_noise_video(bad / "short.mp4", 2.0)
     result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert "short" not in fs.failures() and fs.has("short") and len(fs.failures()) == 5
+    assert "short" not in fs.failures() and fs.has("short") and len(fs.failures()) == 4
+
+
+@pytest.mark.parametrize("case", ["missing file", "missing folder", "folder without videos"])
+def test_a_missing_input_is_a_usage_error_that_creates_nothing(tmp_path, videos, case):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no video here\n")
+    bad = {"missing file": tmp_path / "missing.mp4", "missing folder": tmp_path / "nope",
+           "folder without videos": empty}[case]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["features", str(videos), str(bad), "--out", str(out),
+                                      *TINY_ARGS])
+    assert result.exit_code == 2, result.output
+    assert str(bad) in result.stderr and result.stdout == ""  # no feature-set path printed
+    assert not out.exists()
 
 
 def test_duplicate_ids_fail_before_any_work(tmp_path, videos):
@@ -227,21 +241,26 @@ def test_kill_9_leaves_no_partial_file_and_rerun_completes(tmp_path):
 
 
 def test_two_ranks_give_the_same_feature_set_as_one_process(tmp_path, videos):
-    inputs = [videos, tmp_path / "missing_video.mp4"]
+    """The README's `torchrun --nproc_per_node N -m extract features ...`, run as written."""
+    (tmp_path / "broken_video.mp4").write_text("not a video\n")
     write_noise_video(tmp_path / "extra.mp4", 2.4, seed=9)
-    inputs.append(tmp_path / "extra.mp4")
+    inputs = [videos, tmp_path / "broken_video.mp4", tmp_path / "extra.mp4"]
     # The ranks run at the same time, racing each other on failures.json.
-    ranks = [_cli(inputs, tmp_path / "two", dict(sub_env(), RANK=str(r), WORLD_SIZE="2"))
-             for r in range(2)]
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node",
+           "2", "-m", "extract", "features", *map(str, inputs), "--out", str(tmp_path / "two"),
+           *TINY_ARGS]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=sub_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1), so the float sums match
     try:
         single = run_extraction(inputs, tmp_path / "one", cfg(), progress=False)
     finally:
         torch.set_num_threads(threads)
-    assert list(single.failed) == ["missing_video"]
-    codes = [p.wait(timeout=300) for p in ranks]
-    assert sorted(codes) == [0, 1]  # the missing video belongs to exactly one rank
+    assert list(single.failed) == ["broken_video"]
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err  # the broken video failed on one rank; the rest is done
+    assert "broken_video.mp4" in err
     (one,) = list((tmp_path / "one").iterdir())
     (two,) = list((tmp_path / "two").iterdir())
     assert one.name == two.name

@@ -55,6 +55,14 @@ def test_predict_equals_extract_plus_eval(tmp_path):
                                       str(tmp_path / "cli"), "--dataset", "smg"])
     assert result.exit_code == 0, result.output
     assert "score" in result.stdout and test_ids[0] in result.stdout
+    # Nothing partial stays behind: a non-video fails with a message, a missing path is a usage
+    # error before anything is made.
+    (tmp_path / "notes.mp4").write_text("not a video\n")
+    with pytest.raises(RunError, match="no video could be read"):
+        predict_videos([tmp_path / "notes.mp4"], run, tmp_path / "p1", progress=False)
+    with pytest.raises(ValueError, match="missing.mp4: no such file"):
+        predict_videos([tmp_path / "missing.mp4"], run, tmp_path / "p2", progress=False)
+    assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
 
 
 @pytest.mark.slow

@@ -98,33 +98,25 @@ def test_small_model_learns_clean_synthetic_set(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_training_on_cpu(tiny_set, tmp_path):
-    """`torchrun --nproc_per_node 2 -m detect train` (here: two ranks started by hand, gloo)."""
+    """The README's `torchrun --nproc_per_node 2 -m detect train ...`, run as written (gloo)."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
     fs, ann = tiny_set
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     repo = Path(__file__).resolve().parents[1]
-    args = [sys.executable, "-m", "detect", "train", "--config",
+    args = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node",
+            "2", "-m", "detect", "train", "--config",
             str(repo / "configs/synthetic-small.toml"), "--features", str(fs.path),
             "--annotations", str(ann), "--out", str(tmp_path / "ddp")]
     for kv in [*TINY, "train.epochs=2"]:
         args += ["--set", kv]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                   PYTHONPATH=str(repo))
-        procs.append(subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert "best f1_miga on val" in outs[0][0] and "best" not in outs[1][0]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    proc = subprocess.run(args, cwd=repo, env=dict(env, PYTHONPATH=str(repo)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("best f1_miga on val") == 1  # rank 0 alone reports
     rows = read_metrics_rows(tmp_path / "ddp")  # rank 0 alone writes the run files
     assert [r["epoch"] for r in rows] == ["1", "2"]
     # Each rank trained on its half of the windows.
@@ -150,3 +142,26 @@ def test_feature_stats_match_numpy_and_are_stored_in_the_checkpoint(tiny_set, tm
     train(cfg, fs.path, ann, tmp_path / "r", progress=False)
     ck = load_checkpoint(tmp_path / "r" / BEST)
     torch.testing.assert_close(ck["model"]["input_mean"], mean)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_every_written_file_follows_the_umask(tmp_path, umask, mode):
+    """Feature sets, annotations, run files and checkpoints are shared by a team: the atomic
+    writer's temporary files must not stay private (mkstemp makes them 0600)."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        fs, ann = synth_feature_set(tmp_path / "synth", videos=4, classes=2, seed=3, noise=0.0,
+                                    dim=8, min_duration_s=20, max_duration_s=30)
+        cfg = load_config(None, [*TINY, "train.epochs=1"])
+        train(cfg, fs.path, ann, tmp_path / "run", progress=False)
+        evaluate_run(tmp_path / "run", "test", progress=False)
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".h5" for p in files) and any(p.suffix == ".pt" for p in files)
+    assert any(p.name == "annotations.json" for p in files)
+    wrong = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files
+             if p.stat().st_mode & 0o777 != mode}
+    assert not wrong, wrong
