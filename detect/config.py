@@ -56,6 +56,15 @@ class ModelConfig:
     num_heads: int = 8
     ffn_dim: int = 2048
     mix_dim: int = 64  # channel-mix bottleneck (D -> 64 -> D)
+    # "full": PointTAD's generator and output (85% of the paper model's parameters); "lean": the
+    # same mixing with a rank-`mix_rank` parameter generator and a per-point reduction to
+    # `mix_point_dim` before the output projection (bench/model.py, configs/ablations/).
+    mixing: str = "lean"
+    mix_rank: int = 64
+    mix_point_dim: int = 64
+    # Recompute the dynamic mixing in backward instead of keeping its activations (training only):
+    # they are 70% of the paper model's activation memory (bench/model.py).
+    checkpoint_mixing: bool = True
     dropout: float = 0.1
     query_mixer: str = "mamba_mhsa"  # "mamba_mhsa" | "mhsa" (the PointTAD baseline)
     mamba: MambaConfig = field(default_factory=MambaConfig)
@@ -141,6 +150,7 @@ class BackboneConfig:
 
 
 MODES = ("features", "e2e")
+MIXINGS = ("lean", "full")
 
 
 @dataclass
@@ -159,6 +169,10 @@ def check_config(cfg: Config) -> None:
     """Value checks that types cannot express; raises ConfigError naming the key."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.model.mixing not in MIXINGS:
+        raise ConfigError(f"model.mixing: {cfg.model.mixing!r} is not one of {', '.join(MIXINGS)}")
+    if min(cfg.model.mix_rank, cfg.model.mix_point_dim) < 1:
+        raise ConfigError("model.mix_rank and model.mix_point_dim must be >= 1")
     if cfg.train.grad_accum < 1:
         raise ConfigError(f"train.grad_accum: must be >= 1, got {cfg.train.grad_accum}")
     if not 0 <= cfg.backbone.frozen_stages <= 5:
