@@ -6,7 +6,7 @@ prints test f1_miga / f1_strict / mAP, parameters and seconds per run. The lean 
 paper config's reduction ratios scaled to this width (rank D/8, point dim 2D/16: 64 and 64 at
 D=512), so it is at least as lossy here as at the paper config.
 
-    python bench/mixing.py [--seeds 3,4] [--epochs 24] [--variants full,lean]
+    python bench/mixing.py [--seeds 3,4] [--epochs 24] [--variants full,lean,lean-32-64]
 """
 
 from __future__ import annotations
@@ -32,10 +32,14 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic-small.toml
 
 
 def variant_overrides(name: str, hidden_dim: int) -> list[str]:
+    """"full", "lean" (the paper's ratios: rank D/8, point dim 2D/16) or "lean-R-P"."""
     if name == "full":
         return ["model.mixing=\"full\""]
-    return ["model.mixing=\"lean\"", f"model.mix_rank={max(1, hidden_dim // 8)}",
-            f"model.mix_point_dim={max(1, 2 * hidden_dim // 16)}"]
+    if name == "lean":
+        rank, point_dim = max(1, hidden_dim // 8), max(1, 2 * hidden_dim // 16)
+    else:
+        _, rank, point_dim = name.split("-")
+    return ["model.mixing=\"lean\"", f"model.mix_rank={rank}", f"model.mix_point_dim={point_dim}"]
 
 
 def main() -> None:

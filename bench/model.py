@@ -5,6 +5,11 @@ on every layer plus the dense loss, backward, gradient clipping and an AdamW ste
 random cached features (B windows of W steps, 2048-d) with random ground truth (3 gestures per
 window). Default: the paper's config (D=512, Nq=48, Ns=30, L=4, W=128, C=17, B=8) on the CPU.
 
+Memory, two figures: peak RSS of the process (includes torch's libraries, about 0.7 GiB for the
+CUDA build, and the C allocator's fragmentation) and the peak of live tensor bytes over one step
+(bench/memtrack.py: parameters, gradients, optimizer state, activations; what the model needs,
+as torch.cuda.max_memory_allocated on a GPU).
+
 Variants (each in its own process, so its peak RSS is its own):
   pointtad      MHSA query mixer + PointTAD's full dynamic mixing: PointTAD's decoder
   mgdet         Mamba-MHSA + lean dynamic mixing (the default config)
@@ -35,6 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.memtrack import LiveTensorBytes  # noqa: E402
 from detect.config import LossConfig, ModelConfig  # noqa: E402
 from detect.losses import SetCriterion  # noqa: E402
 from detect.model import Detector, count_parameters, parameter_groups  # noqa: E402
@@ -83,24 +89,32 @@ def child(args: argparse.Namespace) -> dict:
     optim = torch.optim.AdamW(parameter_groups(model, 1e-4), lr=1e-4,
                               fused=True if args.fused else None)
     x, targets, dense = random_batch(args.batch, args.window, args.in_dim, args.classes, device)
-    times = []
-    for i in range(args.warmup + args.repeats):
-        sync(device)
-        t0 = time.perf_counter()
+
+    def step() -> None:
         optim.zero_grad(set_to_none=True)
         out = model(x)
         loss, _ = criterion(out, targets, dense)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         optim.step()
+
+    times = []
+    for i in range(args.warmup + args.repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
         sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+    # One more step, untimed (the tracker slows every operator), for the live-tensor peak.
+    params = list(model.parameters())
+    with LiveTensorBytes([params, [p.grad for p in params], list(optim.state.values())]) as mem:
+        step()
     result = {
         "variant": args.child, "params_M": count_parameters(model) / 1e6,
         "step_s_median": statistics.median(times), "step_s_min": min(times),
         "steps": len(times), "windows_per_s": args.batch / statistics.median(times),
-        "peak_rss_GiB": peak_rss_gib(),
+        "peak_rss_GiB": peak_rss_gib(), "peak_tensor_GiB": mem.peak / 2**30,
     }
     if device.type == "cuda":
         result["peak_cuda_GiB"] = torch.cuda.max_memory_allocated() / 2**30
@@ -196,11 +210,13 @@ def main() -> None:
         results[name] = r
         print(f"{name:>11}: {r['step_s_median']:6.2f} s/step median ({r['step_s_min']:.2f} min "
               f"of {r['steps']}), {r['windows_per_s']:5.2f} windows/s, {r['params_M']:6.1f} M "
-              f"parameters, peak RSS {r['peak_rss_GiB']:.2f} GiB", flush=True)
+              f"parameters, peak RSS {r['peak_rss_GiB']:.2f} GiB, peak live tensors "
+              f"{r['peak_tensor_GiB']:.2f} GiB", flush=True)
     if "pointtad" in results and "mgdet" in results:
         p, m = results["pointtad"], results["mgdet"]
         print(f"mgdet vs PointTAD's decoder: {m['windows_per_s'] / p['windows_per_s']:.2f}x "
-              f"windows/s, {m['peak_rss_GiB'] / p['peak_rss_GiB']:.2f}x peak RSS")
+              f"windows/s, {m['peak_rss_GiB'] / p['peak_rss_GiB']:.2f}x peak RSS, "
+              f"{m['peak_tensor_GiB'] / p['peak_tensor_GiB']:.2f}x peak live tensors")
     if "mgdet-mhsa" in results and "mgdet" in results:
         print(f"Mamba-MHSA / MHSA-only step: "
               f"{results['mgdet']['step_s_median'] / results['mgdet-mhsa']['step_s_median']:.2f}")
