@@ -66,6 +66,40 @@ def predict(
 
 
 @app.command()
+def stream(
+    source: str = typer.Argument(..., help="video file, /dev/video0 or a URL FFmpeg opens"),
+    run: Path = typer.Option(..., "--run", help="a trained run directory"),
+    out: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--out", help="JSON lines file (default RUN/stream/<source>-<time>.jsonl)"),
+    window: int = typer.Option(0, "--window", help="feature steps per window (0: the run's)"),
+    hop: int = typer.Option(0, "--hop", help="steps between windows (0: window // 4)"),
+    realtime: bool = typer.Option(False, "--realtime", help="play a file at its own speed"),
+    chunk_frames: int = typer.Option(32, "--chunk-frames", help="stage one's frames per chunk"),
+    threshold: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--threshold", help="score threshold (default: the run's)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Detect micro-gestures while a video plays: one JSON line per final detection.
+
+    Exit codes: 0 the source ended; 2 usage error or unusable run; 3 the source could not be
+    read; 4 the source failed mid-stream (detections up to there written); 130 Ctrl-C."""
+    from detect.rundir import RunError
+    from detect.stream import EXIT_USAGE, StreamOptions
+    from detect.stream import stream as run_stream
+
+    opts = StreamOptions(window=window or None, hop=hop or None, realtime=realtime,
+                         chunk_frames=chunk_frames, threshold=threshold, device=device)
+    try:
+        result = run_stream(source, run, out, opts, progress=not quiet)
+    except RunError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from e
+    typer.echo(f"{result.message}; {result.detections} detections in {result.out}", err=True)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
 def report(
     run: Path = typer.Argument(..., help="run directory (evaluated with `eval` first)"),
     subset: str = typer.Option("test", "--subset"),

@@ -145,7 +145,7 @@ class _Window:
     inside: np.ndarray  # indices of the instances entirely inside the window
 
 
-def _slice_padded(x: np.ndarray, start: int, window: int) -> torch.Tensor:
+def slice_padded(x: np.ndarray, start: int, window: int) -> torch.Tensor:
     """(W, C) rows start..start+W, the last row repeated past the end (a view when no padding)."""
     part = x[start : start + window]
     if part.shape[0] == window:
@@ -294,8 +294,8 @@ class WindowDataset(Dataset):
         }
         if self.frames is None:
             assert v.features is not None
-            item["features"] = _slice_padded(v.features, w.start, W)
-            item["res4"] = None if v.res4 is None else _slice_padded(v.res4, w.start, W)
+            item["features"] = slice_padded(v.features, w.start, W)
+            item["res4"] = None if v.res4 is None else slice_padded(v.res4, w.start, W)
             return item
         f0, f1, offset = self.frame_span(index)
         aug = self.augmentation(index)

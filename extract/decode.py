@@ -70,10 +70,11 @@ class DecodeSettings:
 class DecodeResult:
     """What decoding one video found, filled in as the stream ends.
 
-    chosen_pts: (num_frames,) seconds after t0 of the source frame shown by each output frame.
+    chosen_pts: (num_frames,) seconds after t0 of the source frame shown by each output frame
+    (not kept with `track_pts=False`, so a stream of any length holds constant memory).
     """
 
-    path: Path
+    path: Path | str
     fps: float = 10.0
     num_frames: int = 0
     duration: float = 0.0
@@ -86,6 +87,7 @@ class DecodeResult:
     rotation: int = 0
     dropped_frames: int = 0
     chosen_pts: list[float] = field(default_factory=list)
+    track_pts: bool = True
 
     def stats(self) -> dict[str, Any]:
         """JSON-friendly summary of the sampling (how far chosen frames lag their target times)."""
@@ -200,8 +202,39 @@ def _declared_duration(container: Any, stream: Any) -> float:
     return 0.0
 
 
-def open_video(path: Path) -> tuple[Any, Any]:
-    """Open `path` and return (container, video stream), with a clear error for bad input."""
+LIVE_TIMEOUT_S = 10.0  # a live source that sends nothing this long has stopped
+
+
+def is_live(source: Path | str) -> bool:
+    """A camera device (/dev/video0) or a URL FFmpeg opens (rtsp://, http://, udp://, ...)."""
+    s = str(source)
+    return "://" in s or s.startswith("/dev/video")
+
+
+def _open_live(source: str) -> Any:
+    if source.startswith("/dev/") and not Path(source).exists():
+        raise DecodeError(f"{source}: no such camera device")
+    fmt = "v4l2" if source.startswith("/dev/video") else None
+    # RTSP over TCP: UDP drops packets on most networks and shows as corrupt frames.
+    options = {"rtsp_transport": "tcp"} if source.startswith("rtsp") else {}
+    try:
+        return av.open(source, mode="r", format=fmt, options=options,
+                       timeout=(LIVE_TIMEOUT_S, LIVE_TIMEOUT_S))
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise DecodeError(f"{source}: cannot open this source ({e})") from e
+
+
+def open_video(path: Path | str) -> tuple[Any, Any]:
+    """Open a file, camera or URL (`is_live`) and return (container, video stream), with a clear
+    error for bad input."""
+    if is_live(path):
+        container = _open_live(str(path))
+        if not container.streams.video:
+            container.close()
+            raise DecodeError(f"{path}: the source sends no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return container, stream
     path = Path(path)
     if not path.exists():
         raise DecodeError(f"{path}: file does not exist")
@@ -223,7 +256,7 @@ def open_video(path: Path) -> tuple[Any, Any]:
 
 
 def iter_sampled(
-    path: Path, fps: float, result: DecodeResult
+    path: Path | str, fps: float, result: DecodeResult
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (k, rgb (H, W, 3) uint8) for every output frame k, streaming; fills `result`.
 
@@ -251,7 +284,8 @@ def iter_sampled(
             result.rotation = rot
             prev_rgb = _to_rgb(prev, rot)
             result.height, result.width = prev_rgb.shape[:2]
-        result.chosen_pts.append(float(prev_t))
+        if result.track_pts:
+            result.chosen_pts.append(float(prev_t))
         return prev_rgb
 
     try:
@@ -314,24 +348,25 @@ class FrameStream:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         settings: DecodeSettings,
         chunk: int = 16,
         max_chunks: int = 8,
         keep_short_side: int | None = None,
         on_kept: Callable[[torch.Tensor], None] | None = None,
+        track_pts: bool = True,
     ) -> None:
         if (keep_short_side is None) != (on_kept is None):
             raise ValueError("keep_short_side and on_kept go together")
-        self.path = Path(path)
+        self.path = str(path) if is_live(path) else Path(path)
         self.settings = settings
         self.keep = keep_short_side
         self.on_kept = on_kept
         self.chunk = chunk
-        self.result = DecodeResult(path=self.path, fps=settings.fps)
+        self.result = DecodeResult(path=self.path, fps=settings.fps, track_pts=track_pts)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_chunks)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"decode:{self.path.name}",
+        self._thread = threading.Thread(target=self._run, name=f"decode:{self.path}",
                                         daemon=True)
         self._started = False
         self._done = False

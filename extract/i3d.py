@@ -359,13 +359,10 @@ class ChunkedExtractor:
         """
         res5: list[np.ndarray] = []
         res4: list[np.ndarray] = []
-        pending: list[tuple[torch.Tensor, int, int, int]] = []  # (input, in_start, c0, c1)
-        for item in self._chunks(frames):
-            if pending and (len(pending) >= self.batch or item[0].shape != pending[0][0].shape):
-                self._flush(pending, res5, res4, progress)
-            pending.append(item)
-        if pending:
-            self._flush(pending, res5, res4, progress)
+        for r5, r4 in self.iter_steps(frames, progress):
+            res5.append(r5)
+            if r4 is not None:
+                res4.append(r4)
         n = self._num_frames
         t = n // self.stride
         r5 = np.concatenate(res5) if res5 else np.zeros((0, RES5_DIM), np.float32)
@@ -375,17 +372,33 @@ class ChunkedExtractor:
         assert r5.shape[0] == t, (r5.shape, t)
         return Features(res5=r5, res4=r4, num_frames=n)
 
-    def _flush(self, pending: list[tuple[torch.Tensor, int, int, int]], res5: list[np.ndarray],
-               res4: list[np.ndarray], progress: Callable[[int], None] | None) -> None:
+    def iter_steps(self, frames: Iterable[torch.Tensor],
+                   progress: Callable[[int], None] | None = None,
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """The features of `run`, as consecutive blocks (res5 (t, 2048), res4 (t, 1024) | None)
+        yielded as soon as each chunk's are final (its core plus the halo after it has arrived):
+        what a live source needs. Their concatenation is `run`'s result."""
+        pending: list[tuple[torch.Tensor, int, int, int]] = []  # (input, in_start, c0, c1)
+        for item in self._chunks(frames):
+            if pending and item[0].shape != pending[0][0].shape:
+                yield from self._flush(pending, progress)
+            pending.append(item)
+            if len(pending) >= self.batch:  # at once: a live source waits on these features
+                yield from self._flush(pending, progress)
+        if pending:
+            yield from self._flush(pending, progress)
+
+    def _flush(self, pending: list[tuple[torch.Tensor, int, int, int]],
+               progress: Callable[[int], None] | None,
+               ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         outs = self._forward([p[0] for p in pending])
-        for (_, start, c0, c1), (r5, r4) in zip(pending, outs, strict=True):
+        items = list(pending)
+        pending.clear()
+        for (_, start, c0, c1), (r5, r4) in zip(items, outs, strict=True):
             a, b = (c0 - start) // 2, (c1 - start) // 2
-            res5.append(self._pool(r5[a:b]))
-            if r4 is not None:
-                res4.append(self._pool(r4[a:b]))
             if progress is not None:
                 progress(c1 - c0)
-        pending.clear()
+            yield self._pool(r5[a:b]), None if r4 is None else self._pool(r4[a:b])
 
     def _chunks(self, frames: Iterable[torch.Tensor]) -> Iterator[Chunk]:
         """Yield (input frames, input start, core start, core end) as soon as each is complete.
@@ -397,9 +410,11 @@ class ChunkedExtractor:
         buf_start = 0  # global index of buf's first frame
         buf_len = 0
         c0 = 0
+        self.max_buffered = 0  # frames held at once: bounded whatever the stream's length
         for chunk in frames:
             buf.append(chunk)
             buf_len += chunk.shape[0]
+            self.max_buffered = max(self.max_buffered, buf_len)
             while buf_start + buf_len >= c0 + self.chunk + self.halo:
                 c1 = c0 + self.chunk
                 yield self._cut(buf, buf_start, c0, c1, c1 + self.halo)
