@@ -32,12 +32,15 @@ SUBSET ?= test
 TRAIN_ARGS ?=
 # prediction
 VIDEO ?=
+# streaming
+SOURCE ?=
+STREAM_ARGS ?=
 # demo
 DEMO_ARGS ?=
 # tests
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo features convert train eval predict report test bench lint
+.PHONY: help venv demo features convert train eval predict stream report test bench lint
 
 help: ## list the targets and their variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -102,6 +105,10 @@ eval: $(STAMP) ## evaluate a run: make eval RUN=runs/smg SUBSET=test
 predict: $(STAMP) ## detections on new videos: make predict VIDEO=path.mp4 RUN=runs/smg
 	@test -n "$(VIDEO)" || { echo "make predict needs VIDEO=file-or-folder and RUN=runs/NAME"; exit 2; }
 	$(PY) -m detect predict $(VIDEO) --run $(RUN) $(if $(DATASET),--dataset $(DATASET),)
+
+stream: $(STAMP) ## detections while a video plays: make stream SOURCE=file|/dev/video0|URL RUN=runs/NAME
+	@test -n "$(SOURCE)" || { echo "make stream needs SOURCE=file-or-camera-or-URL and RUN=runs/NAME"; exit 2; }
+	$(PY) -m detect stream $(SOURCE) --run $(RUN) $(STREAM_ARGS)
 
 report: $(STAMP) ## HTML report of an evaluated run: make report RUN=runs/smg
 	$(PY) -m detect report $(RUN) --subset $(SUBSET)

@@ -80,6 +80,7 @@ class StreamResult:
     seconds: float = 0.0
     latency: list[float] = field(default_factory=list)  # emitted_at - end, per detection
     source_latency: list[float] = field(default_factory=list)  # source_time - end
+    stage_two: list[tuple[int, float]] = field(default_factory=list)  # (windows, s) per call
 
 
 def paced(chunks: Iterable[torch.Tensor], fps: float,
@@ -190,9 +191,10 @@ def stream(source: str, run: Path, out: Path | None = None,
     decode = DecodeSettings(ecfg.fps, ecfg.short_side, ecfg.crop)
     frames_src = FrameStream(source, decode, chunk=ecfg.stride, track_pts=False)
     frames = _Frames(paced(frames_src, ecfg.fps) if opts.realtime else frames_src)
-    online = OnlineDetector(model, settings, cfg.eval.nms_iou, float(threshold),
-                            focal=cfg.loss.focal, device=device)
     result = StreamResult(1, "stopped by an unexpected error (see the traceback)", out)
+    online = OnlineDetector(model, settings, cfg.eval.nms_iou, float(threshold),
+                            focal=cfg.loss.focal, device=device,
+                            on_window=lambda n, sec: result.stage_two.append((n, sec)))
     bar = tqdm(desc=f"stream {source}", unit="frame", disable=not progress, file=sys.stderr,
                leave=False)
     t_start = time.monotonic()
@@ -264,6 +266,7 @@ def stream(source: str, run: Path, out: Path | None = None,
             # Wall-clock delay (a live or paced source) and delay in video time received.
             "latency_s": _spread(result.latency),
             "source_latency_s": _spread(result.source_latency),
+            "stage_two_s_per_window": _spread([sec / n for n, sec in result.stage_two]),
         })
         atomic_write_json(record_path, record)
     return result
