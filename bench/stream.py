@@ -73,7 +73,7 @@ def main() -> None:
     video = args.video
     if video is None:
         ann = json.loads((args.data / "annotations.json").read_text())
-        test = sorted(v for v, a in ann["videos"].items() if a["subset"] == "test")
+        test = sorted(v for v, a in ann["database"].items() if a["subset"] == "test")
         video = args.data / test[0] / f"{test[0]}_color.mp4"
     results: dict = {"run": str(args.run), "video": str(video), "window": W,
                      "threads": args.threads, "chunk_frames": args.chunk_frames}
