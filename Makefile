@@ -30,6 +30,10 @@ ANNOTATIONS ?= $(if $(DATASET),data/$(DATASET)/annotations.json,)
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 SUBSET ?= test
 TRAIN_ARGS ?=
+# ablation
+CONFIGS ?= configs/ablations-small
+ABLATE_OUT ?= runs/ablate-$(notdir $(CONFIGS))
+ABLATE_ARGS ?=
 # prediction
 VIDEO ?=
 # streaming
@@ -40,7 +44,7 @@ DEMO_ARGS ?=
 # tests
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo features convert train eval predict stream report test bench lint
+.PHONY: help venv demo features convert train eval ablate predict stream report test bench lint
 
 help: ## list the targets and their variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +61,8 @@ help: ## list the targets and their variables
 	@echo "  ANNOTATIONS=$(ANNOTATIONS)  canonical annotations.json (train)"
 	@echo "  RUN=$(RUN)  run directory (train, eval, predict, report)"
 	@echo "  SUBSET=$(SUBSET)  subset to evaluate (eval, report)"
+	@echo "  CONFIGS=$(CONFIGS)  folder of configs (ablate); ABLATE_OUT=runs/ablate-<folder>"
+	@echo "  ABLATE_ARGS=  extra options, e.g. --baselines probe or --set train.epochs=10 (ablate)"
 	@echo "  VIDEO=  video file(s) or folder (predict)"
 	@echo "  TRAIN_ARGS=  extra options, e.g. --set train.epochs=10 or --resume (train)"
 	@echo "  DEMO_ARGS=  extra options for python -m detect demo, e.g. --videos 4 (demo)"
@@ -101,6 +107,11 @@ train: $(STAMP) $(if $(and $(DATASET),$(ROOT)),convert) ## train: make train CON
 
 eval: $(STAMP) ## evaluate a run: make eval RUN=runs/smg SUBSET=test
 	$(PY) -m detect eval $(RUN) --subset $(SUBSET)
+
+ablate: $(STAMP) ## every config of a folder on one cache: make ablate CONFIGS=configs/ablations FEATURES=cache/<key> ANNOTATIONS=...
+	@test -n "$(ANNOTATIONS)" || { echo "make ablate needs FEATURES=feature-set and ANNOTATIONS=annotations.json"; exit 2; }
+	$(PY) -m detect ablate --configs $(CONFIGS) --features $(FEATURES) --annotations $(ANNOTATIONS) \
+		--out $(ABLATE_OUT) $(ABLATE_ARGS)
 
 predict: $(STAMP) ## detections on new videos: make predict VIDEO=path.mp4 RUN=runs/smg
 	@test -n "$(VIDEO)" || { echo "make predict needs VIDEO=file-or-folder and RUN=runs/NAME"; exit 2; }

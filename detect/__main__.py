@@ -128,15 +128,70 @@ def score(
 def synth(
     out: Path = typer.Option(..., "--out"),
     videos: int = typer.Option(40, "--videos"),
-    classes: int = typer.Option(8, "--classes"),
+    classes: Optional[int] = typer.Option(  # noqa: UP045
+        None, "--classes", help="basic profile: number of classes (default 8); smg has 17"),
     seed: int = typer.Option(0, "--seed"),
     noise: float = typer.Option(1.0, "--noise", help="0 gives a clean, easy set"),
+    profile: str = typer.Option(
+        "basic", "--profile",
+        help="basic: generic timelines; smg: SMG's durations, bursts, 17 imbalanced classes, "
+        "shared body-part signatures and distractor motion"),
+    amplitude: float = typer.Option(1.0, "--amplitude", help="scale of the planted signal"),
+    min_minutes: float = typer.Option(2.0, "--min-minutes", help="shortest video"),
+    max_minutes: float = typer.Option(5.0, "--max-minutes", help="longest video"),
 ) -> None:
     """Write a synthetic feature set and annotations.json (for tests, demos, benchmarks)."""
     from detect.synth import synth_feature_set
 
-    fs, ann_path = synth_feature_set(out, videos=videos, classes=classes, seed=seed, noise=noise)
+    fs, ann_path = synth_feature_set(out, videos=videos, classes=classes, seed=seed, noise=noise,
+                                     profile=profile, amplitude=amplitude,
+                                     min_duration_s=60 * min_minutes,
+                                     max_duration_s=60 * max_minutes)
     typer.echo(f"features: {fs.path}\nannotations: {ann_path}")
+
+
+@app.command()
+def baseline(
+    kind: str = typer.Argument(..., help="probe (per-step linear classifier) or dense (the "
+                               "detector's dense head alone)"),
+    features: Path = typer.Option(..., "--features", help="feature set folder ROOT/<key>"),
+    annotations: Path = typer.Option(..., "--annotations", help="canonical annotations.json"),
+    out: Path = typer.Option(..., "--out", help="output folder (metrics.json, predictions.json)"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Fit a baseline on `train`, tune its threshold on `val`, score `test` like `eval`."""
+    from detect.baselines import BaselineConfig, run_baseline
+    from detect.metrics import format_table
+
+    metrics = run_baseline(BaselineConfig(kind=kind, seed=seed), features, annotations, out)
+    typer.echo(format_table(metrics))
+    typer.echo(f"outputs: {out}")
+
+
+@app.command()
+def ablate(
+    configs: Path = typer.Option(..., "--configs", help="folder of *.toml configs"),
+    features: Path = typer.Option(..., "--features", help="feature set folder ROOT/<key>"),
+    annotations: Path = typer.Option(..., "--annotations", help="canonical annotations.json"),
+    out: Path = typer.Option(..., "--out", help="one run folder per config, and the table"),
+    baselines: str = typer.Option("probe,dense", "--baselines",
+                                  help="comma-separated baselines to add ('' for none)"),
+    set_: Optional[list[str]] = SetOpt,  # noqa: UP007, UP045
+) -> None:
+    """Train and evaluate every config on one feature cache; resumable; writes OUT/ablation.md
+    and .csv (config, changed keys, f1_miga, f1_strict, mAP, params, s/epoch)."""
+    from detect.ablate import Ablation, format_markdown, run_ablation
+    from detect.baselines import KINDS
+
+    kinds = tuple(k.strip() for k in baselines.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise typer.BadParameter(f"unknown baseline {bad[0]!r} (one of {', '.join(KINDS)})")
+    rows = run_ablation(Ablation(configs, features, annotations, out, kinds, tuple(set_ or [])))
+    typer.echo(format_markdown(rows))
+    typer.echo(f"table: {out / 'ablation.md'}")
+    if any(r["status"] != "ok" for r in rows):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -28,6 +28,9 @@ class DataConfig:
     feature_key: str = ""  # when set, training refuses any other feature set
     window: int = 128  # W: feature steps per window
     train_overlap: float = 0.75  # overlap of training windows
+    # Overlap of evaluation and prediction windows (0: back to back); detections of overlapping
+    # windows are merged by the per-class NMS, as `detect stream` does at hop W * (1 - overlap).
+    eval_overlap: float = 0.0
     keep_background: bool = False  # also train on windows without a complete instance
     use_res4: bool = False  # also feed the cached res4 features
     # Standardise each feature channel with the training set's mean and std (stored in the
@@ -109,6 +112,10 @@ class EvalConfig:
     max_per_video: int = 2000
     score_threshold: float = -1.0  # < 0: use the threshold tuned on val and stored with the run
     match_iou: float = 0.3  # MiGA F1 threshold
+    top_k: int = 1  # candidates per query: its k most likely classes
+    # Weight a of the dense head in the score: p^(1-a) * (mean dense probability over the
+    # segment)^a; 0 scores by the query's class probability alone (PointTAD).
+    dense_fusion: float = 0.0
     iou_thresholds: list[float] = field(
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     )
@@ -173,6 +180,12 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"model.mixing: {cfg.model.mixing!r} is not one of {', '.join(MIXINGS)}")
     if min(cfg.model.mix_rank, cfg.model.mix_point_dim) < 1:
         raise ConfigError("model.mix_rank and model.mix_point_dim must be >= 1")
+    if not 0 <= cfg.data.eval_overlap < 1:
+        raise ConfigError(f"data.eval_overlap: must be in [0, 1), got {cfg.data.eval_overlap}")
+    if cfg.eval.top_k < 1:
+        raise ConfigError(f"eval.top_k: must be >= 1, got {cfg.eval.top_k}")
+    if not 0 <= cfg.eval.dense_fusion <= 1:
+        raise ConfigError(f"eval.dense_fusion: must be in [0, 1], got {cfg.eval.dense_fusion}")
     if cfg.train.grad_accum < 1:
         raise ConfigError(f"train.grad_accum: must be >= 1, got {cfg.train.grad_accum}")
     if not 0 <= cfg.backbone.frozen_stages <= 5:

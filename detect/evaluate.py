@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detect.annotations import Annotations
-from detect.config import Config
+from detect.config import Config, EvalConfig
 from detect.e2e import run_model, window_dataset
 from detect.metrics import score
 from detect.postprocess import (
@@ -54,6 +54,9 @@ def predict(
             fps=dataset.fps,
             window=cfg.data.window,
             focal=cfg.loss.focal,
+            top_k=cfg.eval.top_k,
+            dense_logits=out["dense_logits"].float().cpu() if cfg.eval.dense_fusion else None,
+            dense_fusion=cfg.eval.dense_fusion,
         )
         for vid, dets in decoded.items():
             per_video[vid].extend(dets)
@@ -76,18 +79,29 @@ def evaluate_subset(
 ) -> tuple[dict[str, Any], dict[str, Detections]]:
     """Metrics on `dataset.subset` and all its detections; threshold=None tunes it there."""
     preds = predict(model, dataset, cfg, device, progress=progress)
-    subset = dataset.subset
+    return score_detections(preds, ann, dataset.subset, cfg.eval, threshold), preds
+
+
+def score_detections(
+    preds: dict[str, Detections],
+    ann: Annotations,
+    subset: str,
+    cfg: EvalConfig,
+    threshold: float | None,
+) -> dict[str, Any]:
+    """F1s on the detections at or above `threshold` (None: the F1-best one on this subset), mAP
+    and per-class AP on all of them; the threshold used is in "threshold"."""
     if threshold is None:
-        threshold, _ = best_threshold(preds, ann, subset, cfg.eval.match_iou)
+        threshold, _ = best_threshold(preds, ann, subset, cfg.match_iou)
     kept = apply_threshold(preds, threshold)
-    metrics = score(kept, ann, subset, cfg.eval.iou_thresholds, cfg.eval.match_iou)
-    ranked = score(preds, ann, subset, cfg.eval.iou_thresholds, cfg.eval.match_iou)
+    metrics = score(kept, ann, subset, cfg.iou_thresholds, cfg.match_iou)
+    ranked = score(preds, ann, subset, cfg.iou_thresholds, cfg.match_iou)
     metrics["map"] = ranked["map"]
     metrics["map_at"] = ranked["map_at"]
     for name, row in metrics["per_class"].items():
         row["ap"] = ranked["per_class"][name]["ap"]
     metrics["threshold"] = float(threshold)
-    return metrics, preds
+    return metrics
 
 
 def load_run_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -128,7 +142,8 @@ def evaluate_run(run: Path, subset: str = "test", progress: bool = True) -> dict
     kept = apply_threshold(preds, threshold)
     save_predictions(run / "predictions.json", kept, ann.classes)
     write_miga_csvs(kept, ann, run / "submission")
-    metrics.update(subset=subset, checkpoint_epoch=ck["best_epoch"], versions=versions())
+    metrics.update(subset=subset, checkpoint_epoch=ck["best_epoch"],
+                   params=sum(p.numel() for p in model.parameters()), versions=versions())
     atomic_write_json(run / "metrics.json", metrics)
     print(format_table(metrics))
     return metrics

@@ -129,17 +129,19 @@ class OnlineDetector:
 
     def __init__(self, model: torch.nn.Module, settings: WindowSettings, nms_iou: float,
                  threshold: float, focal: bool = False, device: torch.device | None = None,
-                 on_window: Callable[[int, float], None] | None = None) -> None:
+                 on_window: Callable[[int, float], None] | None = None, top_k: int = 1,
+                 dense_fusion: float = 0.0) -> None:
         self.model = model.eval()
         self.s = settings
         self.focal = focal
+        self.top_k = top_k
+        self.dense_fusion = dense_fusion
         self.device = device or torch.device("cpu")
         self.merger = OnlineMerger(nms_iou, threshold)
         self.on_window = on_window  # (windows, seconds) per model call: for the bench
-        self._feats: list[np.ndarray] = []
-        self._res4: list[np.ndarray] = []
-        self._base = 0  # global index of the first buffered step
-        self._len = 0  # buffered steps
+        self._feats: np.ndarray | None = None  # (buffered steps, C) from global step _base
+        self._res4: np.ndarray | None = None
+        self._base = 0
         self.next_start = 0
         self.last_start: int | None = None
         self.num_steps = 0
@@ -151,10 +153,9 @@ class OnlineDetector:
     def push(self, features: np.ndarray, res4: np.ndarray | None = None) -> Detections:
         """features (t, C) float32 (res4 (t, C4)) following the previous ones -> newly final."""
         if len(features):
-            self._feats.append(np.asarray(features, np.float32))
+            self._feats = _append(self._feats, features)
             if res4 is not None:
-                self._res4.append(np.asarray(res4, np.float32))
-            self._len += len(features)
+                self._res4 = _append(self._res4, res4)
             self.num_steps += len(features)
         W, hop = self.s.window, self.s.hop
         starts = []
@@ -183,12 +184,8 @@ class OnlineDetector:
 
     def _run(self, starts: list[int]) -> Detections:
         W = self.s.window
-        feats = np.concatenate(self._feats) if len(self._feats) > 1 else self._feats[0]
-        self._feats = [feats]
-        r4 = None
-        if self._res4:
-            r4 = np.concatenate(self._res4) if len(self._res4) > 1 else self._res4[0]
-            self._res4 = [r4]
+        feats, r4 = self._feats, self._res4
+        assert feats is not None
         meta = []
         xs, r4s = [], []
         for s in starts:
@@ -204,7 +201,10 @@ class OnlineDetector:
             out = self.model(x, res4)
         decoded = decode_windows(out["logits"][-1].float().cpu(), out["segments"][-1].float().cpu(),
                                  meta, stride=self.s.stride, fps=self.s.fps, window=W,
-                                 focal=self.focal)
+                                 focal=self.focal, top_k=self.top_k,
+                                 dense_logits=out["dense_logits"].float().cpu()
+                                 if self.dense_fusion else None,
+                                 dense_fusion=self.dense_fusion)
         self.last_start = starts[-1]
         if self.on_window is not None:
             self.on_window(len(starts), time.perf_counter() - t0)
@@ -213,15 +213,19 @@ class OnlineDetector:
     def _trim(self, keep_from: int) -> None:
         """Drop buffered steps before global step `keep_from`."""
         cut = max(0, keep_from - self._base)
-        if not cut:
+        if not cut or self._feats is None:
             return
-        feats = np.concatenate(self._feats)[cut:]
-        self._feats = [feats]
-        if self._res4:
-            self._res4 = [np.concatenate(self._res4)[cut:]]
+        # Views: the next push copies what is left into a new array, freeing the old one.
+        self._feats = self._feats[cut:]
+        if self._res4 is not None:
+            self._res4 = self._res4[cut:]
         self._base += cut
-        self._len = len(feats)
 
     @property
     def buffered_steps(self) -> int:
-        return self._len
+        return 0 if self._feats is None else len(self._feats)
+
+
+def _append(buf: np.ndarray | None, new: np.ndarray) -> np.ndarray:
+    new = np.asarray(new, np.float32)
+    return new.copy() if buf is None else np.concatenate([buf, new])

@@ -111,6 +111,8 @@ def decode_windows(
     window: int,
     focal: bool = False,
     top_k: int = 1,
+    dense_logits: torch.Tensor | np.ndarray | None = None,
+    dense_fusion: float = 0.0,
 ) -> dict[str, list[Detections]]:
     """Window outputs -> detections in seconds, one `Detections` per window, keyed by video.
 
@@ -119,6 +121,10 @@ def decode_windows(
     window time. meta: B tuples (video_id, start, valid). Each query gives its `top_k` best
     foreground classes. A segment is ordered, clamped to [0, valid/W] (padding holds no video)
     and mapped to seconds as (start + u*W) * stride / fps.
+
+    dense_logits (B, W, C), with dense_fusion = a in (0, 1]: a query's score p for class c becomes
+    p^(1 - a) * d^a, d the mean dense-head probability sigmoid(dense_logits[..., c]) over the
+    steps the segment covers (at least the one holding its start).
     """
     lg = _numpy(logits)
     seg = _numpy(segments)
@@ -145,6 +151,11 @@ def decode_windows(
     valid = np.array([m[2] for m in meta], np.float64)[:, None] / window
     lo = np.clip(lo, 0.0, valid)
     hi = np.clip(hi, 0.0, valid)
+    if dense_fusion > 0:
+        if dense_logits is None:
+            raise ValueError("dense_fusion needs the dense head's logits")
+        d = _dense_means(_numpy(dense_logits), lo * window, hi * window, labels)
+        scores = scores ** (1.0 - dense_fusion) * d**dense_fusion
     base = np.array([m[1] for m in meta], np.float64)[:, None]
     sec = stride / fps
     start_s = (base + lo * window) * sec  # (B, Nq)
@@ -160,6 +171,21 @@ def decode_windows(
             )
         )
     return out
+
+
+def _dense_means(dense_logits: np.ndarray, lo: np.ndarray, hi: np.ndarray, labels: np.ndarray
+                 ) -> np.ndarray:
+    """Mean sigmoid(dense_logits) (B, W, C) over steps [floor(lo), max(ceil(hi), floor(lo) + 1))
+    of each query ((B, Nq) in window steps) for its classes labels (B, Nq, k) -> (B, Nq, k)."""
+    B, W, C = dense_logits.shape
+    p = 1.0 / (1.0 + np.exp(-dense_logits.astype(np.float64)))
+    csum = np.concatenate([np.zeros((B, 1, C)), np.cumsum(p, axis=1)], axis=1)  # (B, W+1, C)
+    a = np.clip(np.floor(lo), 0, W - 1).astype(np.int64)
+    e = np.clip(np.maximum(np.ceil(hi), a + 1), 1, W).astype(np.int64)
+    k = labels.shape[-1]
+    rows = np.arange(B)[:, None, None]
+    at = lambda t: csum[rows, np.repeat(t[..., None], k, -1), labels]  # noqa: E731
+    return (at(e) - at(a)) / (e - a)[..., None]
 
 
 def nms_1d(start: np.ndarray, end: np.ndarray, score: np.ndarray, iou: float) -> np.ndarray:

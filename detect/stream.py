@@ -156,22 +156,19 @@ def stream(source: str, run: Path, out: Path | None = None,
     ecfg = extraction_config_for(train_fs)
     window = opts.window or cfg.data.window
     hop = opts.hop or max(1, window // 4)
+    device = resolve_device(opts.device)
+    backbone, _ = build_backbone(ecfg.weights, ecfg.seed, res4=ecfg.res4)
     try:
         settings = WindowSettings(window, hop, ecfg.stride, ecfg.fps)
-        run_opts = RunOptions(chunk_frames=opts.chunk_frames)
-        if opts.chunk_frames <= 0 or opts.chunk_frames % ecfg.stride:
-            raise ValueError(f"--chunk-frames must be a positive multiple of the stride "
-                             f"{ecfg.stride}, got {opts.chunk_frames}")
-        device = resolve_device(opts.device)
+        extractor = ChunkedExtractor(backbone, ecfg.stride, device,
+                                     RunOptions(chunk_frames=opts.chunk_frames))
     except ValueError as e:
-        raise RunError(str(e)) from e
+        raise RunError(f"{e} (--window, --hop, --chunk-frames)") from e
     model, ck = load_run_model(run, device)
     classes = list(ck["classes"])
     threshold = opts.threshold
     if threshold is None:
         threshold = cfg.eval.score_threshold if cfg.eval.score_threshold >= 0 else ck["threshold"]
-    backbone, _ = build_backbone(ecfg.weights, ecfg.seed, res4=ecfg.res4)
-    extractor = ChunkedExtractor(backbone, ecfg.stride, device, run_opts)
     cache_dtype = np.dtype(train_fs.settings["dtype"])
     use_res4 = cfg.data.use_res4
 
@@ -194,7 +191,8 @@ def stream(source: str, run: Path, out: Path | None = None,
     result = StreamResult(1, "stopped by an unexpected error (see the traceback)", out)
     online = OnlineDetector(model, settings, cfg.eval.nms_iou, float(threshold),
                             focal=cfg.loss.focal, device=device,
-                            on_window=lambda n, sec: result.stage_two.append((n, sec)))
+                            on_window=lambda n, sec: result.stage_two.append((n, sec)),
+                            top_k=cfg.eval.top_k, dense_fusion=cfg.eval.dense_fusion)
     bar = tqdm(desc=f"stream {source}", unit="frame", disable=not progress, file=sys.stderr,
                leave=False)
     t_start = time.monotonic()

@@ -7,13 +7,23 @@ boundaries are learnable). On top: a per-video offset, slow background drift alo
 directions (both scaled by min(1, noise)), and white noise of standard deviation `noise` per
 channel.
 
-Timelines imitate SMG (reference note smg-timeline-stats.md): instance durations log-normal
-around 1.6 s clipped to [min_instance_s, 10 s]; gestures in bursts (half the gaps short, half
-long); long-tailed class frequencies (class i drawn with weight 1/(i+1)); occasional overlapping
-instances of another class. Annotations are on the source frame grid (`source_fps`).
+Two timeline profiles:
 
-`noise=0` is the clean, easy preset: no noise, offset or drift, instances of at least 3 feature
-steps, gaps of at least 2 steps, no overlaps. Everything is determined by `seed`.
+- "basic" (default): SMG-like in outline; instance durations log-normal around 1.6 s clipped to
+  [min_instance_s, 10 s]; gestures in bursts (half the gaps short, half long); long-tailed class
+  frequencies (class i drawn with weight 1/(i+1)); occasional overlapping instances of another
+  class. `noise=0` is its clean, easy preset: no noise, offset or drift, instances of at least 3
+  feature steps, gaps of at least 2 steps, no overlaps.
+- "smg": SMG's own statistics (detect.smg_profile: duration and gap quantiles, correlated gaps
+  for bursts, overlaps, SMG's 17 classes with their names and frequencies). What makes real
+  micro-gestures hard is planted too: classes of one body part share half of their body signature,
+  unlabelled distractor movements of a body part (half as many as the gestures, SMG durations)
+  carry no label, and the signal is blurred over 3 steps as an I3D's receptive field blurs it.
+
+`amplitude` scales every planted signal (body, edges, distractors) against the noise; at the
+defaults (noise 1, dim 256) a per-step linear probe on the smg profile scores f1_strict about
+0.4 at amplitude 0.75. Annotations are on the source frame grid (`source_fps`). Everything is
+determined by `seed`.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from detect import smg_profile
 from detect.annotations import Annotations, VideoAnnotations, save_annotations
 from extract.cache import FeatureMeta, FeatureSet, feature_timestamps, write_video
 from extract.provenance import mgdet_version
@@ -31,6 +42,12 @@ from extract.provenance import mgdet_version
 BODY_AMPLITUDE = 4.0
 EDGE_AMPLITUDE = 3.0
 DRIFT_AMPLITUDE = 1.0
+PROFILES = ("basic", "smg")
+# The SMG profile: fraction of a class signature's energy shared with its body-part group,
+# unlabelled distractor movements per labelled instance, and the temporal blur of the signal.
+SMG_SHARED = 0.5
+SMG_DISTRACTORS = 0.5
+SMG_BLUR = (0.25, 0.5, 0.25)
 
 
 def _directions(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -79,6 +96,30 @@ def _timeline(
     return np.array(segs, np.float64).reshape(-1, 2), np.array(labels, np.int64)
 
 
+def _events(
+    x: np.ndarray,
+    ft: np.ndarray,
+    gains: np.ndarray,
+    body: np.ndarray,
+    onset: np.ndarray | None,
+    offset: np.ndarray | None,
+    edge_gain: float = 0.0,
+) -> None:
+    """Add events `ft` (n, 2) in feature time to x (T, dim) in place: gains[i] * body[i] (n, dim)
+    in proportion to each step's coverage, edge_gain * onset[i] / offset[i] at the first / last
+    step."""
+    num_steps = x.shape[0]
+    for i, (a, b) in enumerate(ft):
+        first = min(int(math.floor(a)), num_steps - 1)
+        last = min(max(first, int(math.ceil(b)) - 1), num_steps - 1)
+        steps = np.arange(first, last + 1)
+        cover = np.clip(np.minimum(b, steps + 1) - np.maximum(a, steps), 0.0, 1.0)
+        x[steps] += gains[i] * cover[:, None] * body[i][None, :]
+        if onset is not None and offset is not None:
+            x[first] += edge_gain * onset[i]
+            x[last] += edge_gain * offset[i]
+
+
 def _features(
     rng: np.random.Generator,
     num_steps: int,
@@ -87,10 +128,20 @@ def _features(
     dirs: np.ndarray,
     classes: int,
     noise: float,
+    amplitude: float = 1.0,
+    body: np.ndarray | None = None,
+    distractors: tuple[np.ndarray, np.ndarray] | None = None,
+    blur: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(T, dim) float32 features for instances `ft` (n, 2) in feature time."""
+    """(T, dim) float32 features for instances `ft` (n, 2) in feature time.
+
+    `body` (classes, dim) replaces the class body signatures (the SMG profile's shared group
+    parts); `distractors` = (ft (m, 2), directions (m, dim)) adds unlabelled motion without edge
+    signatures; `blur` (odd length) smooths the signal over time, as an I3D's receptive field of
+    several feature steps does, before nuisances and noise are added.
+    """
     dim = dirs.shape[1]
-    body = dirs[:classes]
+    body = dirs[:classes] if body is None else body
     onset = dirs[classes : 2 * classes]
     offset = dirs[2 * classes : 3 * classes]
     drift_dirs = dirs[3 * classes : 3 * classes + 2]
@@ -104,15 +155,20 @@ def _features(
         period = rng.uniform(200.0, 2000.0)
         wave = DRIFT_AMPLITUDE * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
         x += nuisance * wave[:, None] * d[None, :]
-    for (a, b), c in zip(ft, labels, strict=True):
-        first = int(math.floor(a))
-        last = min(max(first, int(math.ceil(b)) - 1), num_steps - 1)
-        steps = np.arange(first, last + 1)
-        cover = np.minimum(b, steps + 1) - np.maximum(a, steps)
-        gain = rng.uniform(0.8, 1.2)  # instances of a class are not all equally vivid
-        x[steps] += gain * BODY_AMPLITUDE * cover[:, None] * body[c][None, :]
-        x[first] += EDGE_AMPLITUDE * onset[c]
-        x[last] += EDGE_AMPLITUDE * offset[c]
+    signal = np.zeros((num_steps, dim))
+    # Instances of a class are not all equally vivid.
+    gains = amplitude * BODY_AMPLITUDE * rng.uniform(0.8, 1.2, size=len(ft))
+    _events(signal, ft, gains, body[labels], onset[labels], offset[labels],
+            amplitude * EDGE_AMPLITUDE)
+    if distractors is not None:
+        dft, ddirs = distractors
+        dgains = amplitude * BODY_AMPLITUDE * rng.uniform(0.8, 1.2, size=len(dft))
+        _events(signal, dft, dgains, ddirs, None, None)
+    if blur is not None:
+        pad = len(blur) // 2
+        padded = np.pad(signal, ((pad, pad), (0, 0)), mode="edge")
+        signal = sum(w * padded[k : k + num_steps] for k, w in enumerate(blur))
+    x += signal
     if noise > 0:
         x += noise * rng.standard_normal(x.shape)
     return x.astype(np.float32)
@@ -125,11 +181,43 @@ def _split(rng: np.random.Generator, n: int, fractions: tuple[float, float, floa
     return [subsets[i] for i in rng.permutation(n)]
 
 
+def _smg_extras(
+    rng: np.random.Generator,
+    num_steps: int,
+    ft: np.ndarray,
+    own: np.ndarray,
+    groups: np.ndarray,
+    step_s: float,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The SMG profile's class bodies (17, dim) and distractors (ft (m, 2), directions (m, dim)).
+
+    A class body is its own direction plus its body-part group's (a fraction SMG_SHARED of the
+    energy), so gestures of one body part look alike; distractors are unlabelled movements of a
+    body part (its group direction plus a random part), SMG_DISTRACTORS per labelled instance,
+    placed uniformly over the video with SMG's durations.
+    """
+    dim = own.shape[1]
+    member = smg_profile.class_groups()
+    body = math.sqrt(1 - SMG_SHARED) * own + math.sqrt(SMG_SHARED) * groups[member]
+    m = int(round(SMG_DISTRACTORS * len(ft)))
+    frames = smg_profile.quantile_sample(rng.random(m), smg_profile.DURATION_KNOTS)
+    dur_steps = frames / smg_profile.SOURCE_FPS / step_s
+    starts = rng.uniform(0, max(num_steps - 1, 1), size=m)
+    # Body parts move as often as their gestures happen.
+    p_group = np.bincount(member, weights=smg_profile.class_probabilities(),
+                          minlength=len(groups))
+    g = rng.choice(len(groups), size=m, p=p_group / p_group.sum())
+    rand = rng.standard_normal((m, dim))
+    rand /= np.linalg.norm(rand, axis=1, keepdims=True)
+    dirs = math.sqrt(0.5) * groups[g] + math.sqrt(0.5) * rand
+    return body, (np.stack([starts, starts + dur_steps], 1), dirs)
+
+
 def synth_feature_set(
     out: Path | str,
     videos: int,
-    classes: int,
-    seed: int,
+    classes: int | None = None,
+    seed: int = 0,
     noise: float = 1.0,
     dim: int = 256,
     fps: float = 10.0,
@@ -141,17 +229,35 @@ def synth_feature_set(
     overlap_prob: float | None = None,
     source_fps: float = 30.0,
     split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    profile: str = "basic",
+    amplitude: float = 1.0,
 ) -> tuple[FeatureSet, Path]:
     """Write `out/annotations.json` and a feature set under `out/features/<key>/`.
 
+    profile "basic": `classes` (default 8) generic classes, timelines as in the module docstring.
     `min_instance_s` defaults to 0.3 s, or 3 feature steps for the clean preset (`noise=0`);
     `overlap_prob` (chance that an instance starts inside the previous one) to 0.02, or 0 when
-    clean. Returns the feature set and the annotation path.
+    clean.
+
+    profile "smg": SMG's 17 classes, names and frequencies, durations, bursty gaps and overlaps
+    (detect.smg_profile; the instance-length and overlap arguments do not apply), class
+    signatures shared within a body-part group, unlabelled distractor movements and an I3D-like
+    temporal blur. `amplitude` scales every planted signal against the noise (both profiles).
+    Returns the feature set and the annotation path.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    smg = profile == "smg"
+    n_smg = len(smg_profile.CLASSES)
+    if smg and classes not in (None, n_smg):
+        raise ValueError(f"profile smg has SMG's {n_smg} classes, got classes={classes}")
+    classes = (n_smg if smg else 8) if classes is None else classes
     if videos < 1 or classes < 1:
         raise ValueError(f"need at least one video and one class, got {videos} and {classes}")
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
+    if amplitude <= 0:
+        raise ValueError(f"amplitude must be > 0, got {amplitude}")
     if not 0 < min_duration_s <= max_duration_s:
         raise ValueError(
             f"need 0 < min_duration_s <= max_duration_s, got {min_duration_s}, {max_duration_s}"
@@ -183,13 +289,25 @@ def synth_feature_set(
         "source_fps": source_fps,
         "split": list(split),
     }
+    if smg:
+        for k in ("min_instance_s", "max_instance_s", "overlap_prob"):
+            del settings[k]
+        settings.update(profile="smg", shared=SMG_SHARED, distractors=SMG_DISTRACTORS,
+                        blur=list(SMG_BLUR))
+    if amplitude != 1.0:  # so the default sets keep their keys
+        settings["amplitude"] = amplitude
     fs = FeatureSet.create(out / "features", "synthetic", settings)
     rng = np.random.default_rng(seed)
-    dirs = _directions(rng, 3 * classes + 2, dim)
-    weights = 1.0 / np.arange(1, classes + 1)
-    class_p = weights / weights.sum()
+    n_groups = len(smg_profile.GROUPS) if smg else 0
+    dirs = _directions(rng, 3 * classes + 2 + n_groups, dim)
+    if smg:
+        class_p = smg_profile.class_probabilities()
+        names = smg_profile.class_names()
+    else:
+        weights = 1.0 / np.arange(1, classes + 1)
+        class_p = weights / weights.sum()
+        names = [f"gesture{c:02d}" for c in range(classes)]
     subsets = _split(rng, videos, split)
-    names = [f"gesture{c:02d}" for c in range(classes)]
     entries: dict[str, VideoAnnotations] = {}
     for i in tqdm(range(videos), desc="synthetic videos", leave=False):
         vid = f"synth{i:04d}"
@@ -197,17 +315,17 @@ def synth_feature_set(
         duration = round(vrng.uniform(min_duration_s, max_duration_s) * source_fps) / source_fps
         num_frames = int(math.floor(duration * fps + 1e-9))
         num_steps = num_frames // stride
-        segs, labels = _timeline(
-            vrng,
-            num_steps * step_s,
-            class_p,
-            min_inst,
-            max_instance_s,
-            min_gap,
-            overlap,
-            source_fps,
-        )
-        feats = _features(vrng, num_steps, segs / step_s, labels, dirs, classes, noise)
+        extras: dict = {}
+        if smg:
+            segs, labels = smg_profile.timeline(vrng, num_steps * step_s, source_fps)
+            body, distractors = _smg_extras(vrng, num_steps, segs / step_s, dirs[:classes],
+                                            dirs[3 * classes + 2 :], step_s)
+            extras = dict(body=body, distractors=distractors, blur=np.array(SMG_BLUR))
+        else:
+            segs, labels = _timeline(vrng, num_steps * step_s, class_p, min_inst,
+                                     max_instance_s, min_gap, overlap, source_fps)
+        feats = _features(vrng, num_steps, segs / step_s, labels, dirs, classes, noise,
+                          amplitude, **extras)
         meta = FeatureMeta(
             video_id=vid,
             fps=fps,
@@ -221,7 +339,7 @@ def synth_feature_set(
             weights_sha256="",
             layers=["synthetic"],
             mgdet_version=mgdet_version(),
-            extra={"seed": seed, "noise": noise},
+            extra={"seed": seed, "noise": noise, "profile": profile, "amplitude": amplitude},
         )
         write_video(fs.video_path(vid), feats, feature_timestamps(num_steps, stride, fps), meta)
         entries[vid] = VideoAnnotations(subsets[i], duration, source_fps, segs, labels)

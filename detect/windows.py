@@ -158,10 +158,11 @@ class WindowDataset(Dataset):
     """Windows of one subset, features of every video held in memory once (float32).
 
     Training windows overlap by `data_cfg.train_overlap` and are kept only when they hold a
-    complete instance (unless `keep_background`); evaluation windows do not overlap, plus a tail
-    window ending at the video end. Each item is a dict: `features` (W, C) float32 tensor (a view
-    into the video's array unless padded), `res4` (W, C4) or None, `labels` (n,) int64,
-    `segments` (n, 2) float32 normalised (start, end), `dense` (W, C) float32, `meta`
+    complete instance (unless `keep_background`); evaluation windows overlap by
+    `data_cfg.eval_overlap` (default 0: back to back), plus a tail window ending at the video end.
+    Each item is a dict: `features` (W, C) float32 tensor (a view into the video's array unless
+    padded), `res4` (W, C4) or None, `labels` (n,) int64, `segments` (n, 2) float32 normalised
+    (start, end), `dense` (W, C) float32, `meta`
     (video_id, start, valid).
     """
 
@@ -200,7 +201,7 @@ class WindowDataset(Dataset):
         self.epoch = 0
         self.videos: list[_Video] = []
         self.items: list[_Window] = []
-        overlap = cfg.train_overlap if train else 0.0
+        overlap = cfg.train_overlap if train else cfg.eval_overlap
         what = "indexing {} frames" if frames is not None else "loading {} features"
         for vid in tqdm(ann.video_ids(), desc=what.format(subset), leave=False):
             v = self._load(feature_set, vid, cfg.use_res4)

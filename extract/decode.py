@@ -224,18 +224,7 @@ def _open_live(source: str) -> Any:
         raise DecodeError(f"{source}: cannot open this source ({e})") from e
 
 
-def open_video(path: Path | str) -> tuple[Any, Any]:
-    """Open a file, camera or URL (`is_live`) and return (container, video stream), with a clear
-    error for bad input."""
-    if is_live(path):
-        container = _open_live(str(path))
-        if not container.streams.video:
-            container.close()
-            raise DecodeError(f"{path}: the source sends no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        return container, stream
-    path = Path(path)
+def _open_file(path: Path) -> Any:
     if not path.exists():
         raise DecodeError(f"{path}: file does not exist")
     if not path.is_file():
@@ -243,9 +232,15 @@ def open_video(path: Path | str) -> tuple[Any, Any]:
     if path.stat().st_size == 0:
         raise DecodeError(f"{path}: file is empty (0 bytes)")
     try:
-        container = av.open(str(path), mode="r")
+        return av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, ValueError) as e:
         raise DecodeError(f"{path}: not a video FFmpeg can read ({e})") from e
+
+
+def open_video(path: Path | str) -> tuple[Any, Any]:
+    """Open a file, camera or URL (`is_live`) and return (container, video stream), with a clear
+    error for bad input."""
+    container = _open_live(str(path)) if is_live(path) else _open_file(Path(path))
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()

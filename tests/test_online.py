@@ -17,6 +17,18 @@ def as_set(d: Detections) -> set[tuple]:
             for s, e, c, p in zip(d.start, d.end, d.label, d.score, strict=True)}
 
 
+def common(a: Detections, b: Detections, tol: float = 1e-5) -> int:
+    """Detections of `a` with a twin in `b`: same class, start, end and score within `tol`.
+
+    A tolerance, not exact equality: windows go through the model in batches of different sizes
+    online and offline, and float32 results move in the last bits with the batch size.
+    """
+    xa = np.stack([a.start, a.end, a.score], 1)
+    xb = np.stack([b.start, b.end, b.score], 1)
+    close = (np.abs(xa[:, None] - xb[None]) <= tol).all(-1) & (a.label[:, None] == b.label[None])
+    return int(close.any(1).sum())
+
+
 def offline(parts: list[Detections], nms_iou: float, threshold: float) -> Detections:
     merged = merge_video(parts, nms_iou=nms_iou, score_threshold=0.0, max_per_video=10**9)
     return apply_threshold({"v": merged}, threshold)["v"]
@@ -110,10 +122,9 @@ def test_online_detector_equals_offline_windows(steps, hop, push):
     g = Detections.concat(got)
     assert len(want) > 3
     if steps == 163:  # the tail window: what was already emitted wins over a tail candidate
-        inter = as_set(g) & as_set(want)
-        assert len(inter) >= 0.9 * max(len(want), len(g))
+        assert common(g, want) >= 0.9 * max(len(want), len(g))
     else:
-        assert as_set(g) == as_set(want)
+        assert len(g) == len(want) == common(g, want) == common(want, g)
     assert max_buffer <= W + hop + push
 
 

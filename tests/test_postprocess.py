@@ -34,8 +34,10 @@ def test_decode_windows_matches_loop_reference():
     segs = torch.from_numpy(rng.uniform(-0.2, 1.2, (B, Nq, 2))).float()
     meta = [("v1", 0, 16), ("v1", 16, 16), ("v2", 0, 10)]  # v2: padded window, 10 valid steps
     stride, fps = 4, 10.0
-    for focal in (False, True):
-        out = decode_windows(logits, segs, meta, stride, fps, W, focal=focal, top_k=2)
+    dense = torch.from_numpy(rng.normal(0, 2, (B, W, C))).float()
+    for focal, fusion in ((False, 0.0), (True, 0.0), (False, 0.4), (True, 1.0)):
+        out = decode_windows(logits, segs, meta, stride, fps, W, focal=focal, top_k=2,
+                             dense_logits=dense if fusion else None, dense_fusion=fusion)
         assert [len(x) for x in (out["v1"], out["v2"])] == [2, 1]
         flat = {"v1": Detections.concat(out["v1"]), "v2": out["v2"][0]}
         rows = {"v1": [], "v2": []}
@@ -51,8 +53,13 @@ def test_decode_windows_matches_loop_reference():
                 s, e = sorted(segs[b, q].double().tolist())
                 s = min(max(s, 0.0), valid / W)
                 e = min(max(e, 0.0), valid / W)
+                # The steps the segment covers, at least the one holding its start.
+                steps = range(min(math.floor(s * W), W - 1),
+                              max(math.ceil(e * W), min(math.floor(s * W), W - 1) + 1))
                 for c in top:
-                    rows[vid].append(((start + s * W) * 0.4, (start + e * W) * 0.4, c, p[c]))
+                    d = [1 / (1 + math.exp(-float(dense[b, t, c]))) for t in steps]
+                    score = p[c] ** (1 - fusion) * (sum(d) / len(d)) ** fusion
+                    rows[vid].append(((start + s * W) * 0.4, (start + e * W) * 0.4, c, score))
         for vid, r in rows.items():
             ref = np.array(r)
             d = flat[vid]
@@ -61,6 +68,8 @@ def test_decode_windows_matches_loop_reference():
             np.testing.assert_array_equal(d.label, ref[:, 2])
             np.testing.assert_allclose(d.score, ref[:, 3], rtol=1e-6)
         assert flat["v2"].end.max() <= 10 * 0.4 + 1e-9  # never past the valid steps
+    with pytest.raises(ValueError, match="dense head"):
+        decode_windows(logits, segs, meta, stride, fps, W, dense_fusion=0.5)
 
 
 def _nms_reference(start, end, score, thr):

@@ -2,7 +2,9 @@ import json
 
 import numpy as np
 
+from detect import smg_profile
 from detect.annotations import load_annotations
+from detect.datasets.smg import SMG_CLASSES
 from detect.metrics import score
 from detect.postprocess import Detections
 from detect.synth import synth_feature_set
@@ -93,3 +95,75 @@ def test_clean_preset_is_easy_and_noise_makes_it_harder(tmp_path):
     assert clean["f1_strict"] >= 0.9
     assert noisy["f1_strict"] < clean["f1_strict"] - 0.3
     json.dumps(clean)  # metrics stay JSON-serialisable
+
+
+def test_quantile_sampler_hits_the_knots_and_is_monotone():
+    knots = smg_profile.DURATION_KNOTS
+    q = np.array([k[0] for k in knots])
+    np.testing.assert_allclose(smg_profile.quantile_sample(q, knots), [k[1] for k in knots])
+    u = np.linspace(0, 1, 1001)
+    assert np.all(np.diff(smg_profile.quantile_sample(u, knots)) >= 0)
+    # Empirical quantiles of many draws land on the knots.
+    draws = smg_profile.quantile_sample(np.random.default_rng(0).random(200_000), knots)
+    for qq, v in knots[1:-1]:
+        assert abs(np.quantile(draws, qq) / v - 1) < 0.03
+
+
+def test_correlated_uniforms_are_uniform_and_bursty():
+    u = smg_profile.correlated_uniforms(np.random.default_rng(1), 50_000, 0.5)
+    assert abs(u.mean() - 0.5) < 0.01 and abs(np.quantile(u, 0.9) - 0.9) < 0.01
+    ranks = np.argsort(np.argsort(u)) / len(u)
+    r = np.corrcoef(ranks[1:], ranks[:-1])[0, 1]
+    assert 0.4 < r < 0.6  # Spearman's rho of an AR(1) 0.5 copula: (6/pi) asin(0.25) = 0.48
+
+
+def test_smg_profile_follows_smg_statistics(tmp_path):
+    fs, ann_path = synth_feature_set(tmp_path, videos=20, profile="smg", seed=3, dim=8,
+                                     min_duration_s=600, max_duration_s=900)
+    ann = load_annotations(ann_path, feature_set=fs)
+    assert ann.classes == list(SMG_CLASSES)
+    fps = smg_profile.SOURCE_FPS
+    durs, gaps, labels, overlaps, pairs = [], [], [], 0, 0
+    for v in ann.videos.values():
+        seg = v.segments
+        durs.extend((seg[:, 1] - seg[:, 0]) * fps)
+        gaps.extend((seg[1:, 0] - seg[:-1, 1]) * fps)
+        overlaps += int((seg[1:, 0] < seg[:-1, 1]).sum())
+        pairs += len(seg) - 1
+        labels.extend(v.labels)
+    durs, gaps = np.array(durs), np.array(gaps)
+    assert len(durs) > 1000
+    # Durations in SMG frames: p5 15, median 44, p95 127 (smg-timeline-stats.md).
+    for q, want in ((5, 15), (50, 44), (95, 127)):
+        assert abs(np.percentile(durs, q) / want - 1) < 0.12, (q, np.percentile(durs, q))
+    assert 15 < np.median(gaps[gaps >= 0]) < 45  # median gap 31 frames
+    assert 0.002 < overlaps / pairs < 0.04  # 40 of 3054 pairs overlap
+    counts = np.bincount(labels, minlength=17)
+    assert np.sort(counts)[-2:].sum() / counts.sum() > 0.55  # two classes hold 64%
+    assert SMG_CLASSES[counts.argmax()] == "moving legs" and counts.min() < counts.max() / 40
+    # Bursts: short gaps follow short gaps.
+    lg = np.log1p(np.clip(gaps, 0, None))
+    assert np.corrcoef(lg[1:], lg[:-1])[0, 1] > 0.2
+    assert fs.settings["profile"] == "smg" and "overlap_prob" not in fs.settings
+
+
+def test_smg_profile_amplitude_sets_difficulty(tmp_path):
+    from detect.baselines import BaselineConfig, run_baseline
+
+    f1 = {}
+    for a in (0.3, 1.5):
+        fs, ann = synth_feature_set(tmp_path / str(a), videos=16, profile="smg", seed=0, dim=64,
+                                    amplitude=a, min_duration_s=120, max_duration_s=180)
+        assert fs.settings["amplitude"] == a
+        f1[a] = run_baseline(BaselineConfig(), fs.path, ann, tmp_path / f"p{a}",
+                             progress=False)["f1_strict"]
+    assert f1[0.3] < 0.3 < f1[1.5] - 0.2, f1
+
+
+def test_smg_profile_rejects_other_class_counts(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="17 classes"):
+        synth_feature_set(tmp_path, videos=2, classes=5, profile="smg")
+    with pytest.raises(ValueError, match="profile must be one of"):
+        synth_feature_set(tmp_path, videos=2, profile="smgg")

@@ -153,6 +153,14 @@ def test_eval_windows_targets_and_padding(tmp_path):
     np.testing.assert_allclose((8 + u * 8) * 4 / 10.0, [14 * STEP_S, 16 * STEP_S])
     assert ds[0]["labels"].numel() == 0 and ds[0]["dense"].sum() == 0
 
+    # eval_overlap: half-overlapping windows, the crossing instance is whole in the middle one.
+    half = WindowDataset(fs, ann, "test", DataConfig(window=8, eval_overlap=0.5), train=False)
+    metas = [half[i]["meta"] for i in range(len(half))]
+    assert metas == [("empty", 0, 8), ("empty", 3, 8), ("exact", 0, 8), ("exact", 4, 8),
+                     ("exact", 8, 8), ("short", 0, 5)]
+    assert 1 in half[3]["labels"].tolist()
+    np.testing.assert_allclose(half[3]["segments"][half[3]["labels"] == 1], [[2 / 8, 6 / 8]])
+
 
 def test_train_windows_keep_complete_instances(tmp_path):
     fs = _feature_set(tmp_path, {"a": 40, "b": 20})
