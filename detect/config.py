@@ -28,6 +28,9 @@ class DataConfig:
     feature_key: str = ""  # when set, training refuses any other feature set
     window: int = 128  # W: feature steps per window
     train_overlap: float = 0.75  # overlap of training windows
+    # Shift every training window each epoch by a random offset of up to half the hop between
+    # windows (clamped to the video), so epochs see instances at new places in the window.
+    train_jitter: bool = False
     # Overlap of evaluation and prediction windows (0: back to back); detections of overlapping
     # windows are merged by the per-class NMS, as `detect stream` does at hop W * (1 - overlap).
     eval_overlap: float = 0.0

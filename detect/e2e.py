@@ -166,10 +166,11 @@ def window_dataset(cfg: Config, fs: FeatureSet, ann: Any, subset: str, train: bo
     """The subset's windows for `cfg.mode`: cached features, or stored frames with `halo` context
     frames (augmented when training and `backbone.augment.enabled`)."""
     if cfg.mode != "e2e":
-        return WindowDataset(fs, ann, subset, cfg.data, train=train)
+        return WindowDataset(fs, ann, subset, cfg.data, train=train, seed=cfg.train.seed)
     aug = cfg.backbone.augment if train and cfg.backbone.augment.enabled else None
     opts = FrameOptions(crop=crop_size(cfg, fs), halo=halo, augment=aug, seed=cfg.train.seed)
-    return WindowDataset(fs, ann, subset, cfg.data, train=train, frames=opts)
+    return WindowDataset(fs, ann, subset, cfg.data, train=train, frames=opts,
+                         seed=cfg.train.seed)
 
 
 @torch.no_grad()

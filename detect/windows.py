@@ -158,7 +158,8 @@ class WindowDataset(Dataset):
     """Windows of one subset, features of every video held in memory once (float32).
 
     Training windows overlap by `data_cfg.train_overlap` and are kept only when they hold a
-    complete instance (unless `keep_background`); evaluation windows overlap by
+    complete instance (unless `keep_background`), each shifted every epoch with
+    `data_cfg.train_jitter`; evaluation windows overlap by
     `data_cfg.eval_overlap` (default 0: back to back), plus a tail window ending at the video end.
     Each item is a dict: `features` (W, C) float32 tensor (a view into the video's array unless
     padded), `res4` (W, C4) or None, `labels` (n,) int64, `segments` (n, 2) float32 normalised
@@ -174,6 +175,7 @@ class WindowDataset(Dataset):
         data_cfg: DataConfig,
         train: bool,
         frames: FrameOptions | None = None,
+        seed: int = 0,
     ) -> None:
         cfg = data_cfg
         if not math.isclose(feature_set.fps, cfg.fps) or feature_set.stride != cfg.stride:
@@ -199,6 +201,9 @@ class WindowDataset(Dataset):
         self.train = train
         self.frames = frames
         self.epoch = 0
+        self.seed = seed
+        step = max(1, int(round(self.window * (1.0 - cfg.train_overlap))))
+        self.jitter = step // 2 if train and cfg.train_jitter else 0
         self.videos: list[_Video] = []
         self.items: list[_Window] = []
         overlap = cfg.train_overlap if train else cfg.eval_overlap
@@ -267,11 +272,27 @@ class WindowDataset(Dataset):
             (self.frames.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
         return sample_augment(gen, h, w, self.frames.crop, self.frames.augment)
 
+    def window_at(self, index: int) -> _Window:
+        """Item `index`'s window this epoch: as planned, or shifted by the epoch's jitter."""
+        w = self.items[index]
+        if not self.jitter:
+            return w
+        gen = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        shift = int(torch.randint(-self.jitter, self.jitter + 1, (1,), generator=gen))
+        v = self.videos[w.video]
+        start = min(max(0, w.start + shift), max(0, v.num_steps - self.window))
+        if start == w.start:
+            return w
+        valid = min(self.window, v.num_steps - start)
+        inside = np.nonzero((v.ft[:, 0] >= start) & (v.ft[:, 1] <= start + self.window))[0]
+        return _Window(w.video, start, valid, inside)
+
     def frame_span(self, index: int) -> tuple[int, int, int]:
         """(first, stop, core offset) of the frames item `index` reads: its core frames
         [start*stride, (start+valid)*stride) with `halo` frames each side, clipped to the video."""
         assert self.frames is not None
-        w = self.items[index]
+        w = self.window_at(index)
         v = self.videos[w.video]
         c0, c1 = w.start * self.stride, (w.start + w.valid) * self.stride
         f0, f1 = max(0, c0 - self.frames.halo), min(v.num_frames, c1 + self.frames.halo)
@@ -281,7 +302,7 @@ class WindowDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        w = self.items[index]
+        w = self.window_at(index)
         v = self.videos[w.video]
         W = self.window
         seg = (v.ft[w.inside] - w.start) / W

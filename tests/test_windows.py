@@ -178,6 +178,41 @@ def test_train_windows_keep_complete_instances(tmp_path):
         WindowDataset(fs, _ann({"b": []}, subset="train"), "train", cfg, train=True)
 
 
+def test_train_jitter_shifts_windows_per_epoch_deterministically(tmp_path):
+    fs = _feature_set(tmp_path, {"a": 40})
+    ann = _ann({"a": [(0, 9.5, 12), (1, 30, 37), (2, 20, 22)]}, subset="train")
+    cfg = DataConfig(window=8, train_overlap=0.5, train_jitter=True)  # hop 4: shifts of -2..2
+    ds = WindowDataset(fs, ann, "train", cfg, train=True, seed=3)
+    planned = [w.start for w in ds.items]
+    seen = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        items = [ds[i] for i in range(len(ds))]
+        for it, p in zip(items, planned, strict=True):
+            vid, start, valid = it["meta"]
+            assert abs(start - p) <= 2 and 0 <= start <= 40 - 8 and valid == 8
+            # Rows name their steps: the features, targets and dense labels follow the shift.
+            assert it["features"][:, 0].tolist() == list(range(start, start + 8))
+            want = [(c, a, b) for c, a, b in [(0, 9.5, 12), (1, 30, 37), (2, 20, 22)]
+                    if a >= start and b <= start + 8]
+            assert it["labels"].tolist() == [c for c, _, _ in want]
+            np.testing.assert_allclose(it["segments"].numpy(),
+                                       np.array([[(a - start) / 8, (b - start) / 8]
+                                                 for _, a, b in want]).reshape(-1, 2), atol=1e-6)
+            seen.add((p, start))
+        again = WindowDataset(fs, ann, "train", cfg, train=True, seed=3)
+        again.set_epoch(epoch)
+        assert [again[i]["meta"] for i in range(len(ds))] == [it["meta"] for it in items]
+    assert len(seen) > len(planned) * 2  # windows really move from epoch to epoch
+    # Off by default, and never at evaluation.
+    fixed = WindowDataset(fs, ann, "train", DataConfig(window=8, train_overlap=0.5), train=True)
+    fixed.set_epoch(5)
+    assert [fixed[i]["meta"][1] for i in range(len(fixed))] == planned
+    ev = WindowDataset(fs, ann, "train", cfg, train=False)
+    ev.set_epoch(5)
+    assert [ev[i]["meta"][1] for i in range(len(ev))] == plan_windows(40, 8, 0.0)
+
+
 def test_collate_and_views(tmp_path):
     fs = _feature_set(tmp_path, {"a": 20, "b": 3}, dim=5, res4=True)
     ann = _ann({"a": [(1, 2, 4)], "b": [(0, 0, 1)]})
