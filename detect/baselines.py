@@ -223,7 +223,8 @@ def run_baseline(
         val_metrics = score_detections(val_preds, ann, "val", cfg.eval, None)
         threshold = val_metrics["threshold"]
     test_preds = predict_baseline(model, cfg.kind, _videos(fs, ann, "test"), step_s, cfg.eval)
-    metrics = score_detections(test_preds, ann, "test", cfg.eval, threshold or 0.0)
+    metrics = score_detections(test_preds, ann, "test", cfg.eval,
+                               0.0 if threshold is None else threshold)
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(out / "predictions.json", apply_threshold(test_preds, metrics["threshold"]),
                      ann.classes)
