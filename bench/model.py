@@ -53,6 +53,17 @@ VARIANTS = {
 }
 
 
+def variant_config(name: str) -> ModelConfig:
+    """A named variant, or "mgdet-rR-pP": mgdet's lean mixing at rank R and point dim P."""
+    if name in VARIANTS:
+        return dataclasses.replace(ModelConfig(), **VARIANTS[name])
+    parts = name.split("-")
+    if len(parts) == 3 and parts[0] == "mgdet" and parts[1][:1] == "r" and parts[2][:1] == "p":
+        return dataclasses.replace(ModelConfig(), **VARIANTS["mgdet"],
+                                   mix_rank=int(parts[1][1:]), mix_point_dim=int(parts[2][1:]))
+    raise SystemExit(f"unknown variant {name!r}: one of {', '.join(VARIANTS)} or mgdet-rR-pP")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -83,7 +94,7 @@ def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    cfg = dataclasses.replace(ModelConfig(), **VARIANTS[args.child])
+    cfg = variant_config(args.child)
     model = Detector(cfg, args.in_dim, args.classes).to(device).train()
     criterion = SetCriterion(LossConfig(), args.classes)
     optim = torch.optim.AdamW(parameter_groups(model, 1e-4), lr=1e-4,
@@ -201,7 +212,10 @@ def main() -> None:
           f"D={base.hidden_dim} Nq={base.num_queries} Ns={base.num_points} "
           f"L={base.num_layers} C={args.classes}, full step (fwd, set loss, bwd, clip, AdamW)")
     results = {}
-    for name in args.variants.split(","):
+    names = args.variants.split(",")
+    for name in names:
+        variant_config(name)  # fail before the first (minutes-long) child
+    for name in names:
         cmd = [sys.executable, __file__, "--child", name, *[
             f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
             if k not in ("child", "variants", "json") and v is not None]]

@@ -53,6 +53,9 @@ def predict(
     run: Path = typer.Option(..., "--run", help="a trained run directory"),
     out: Optional[Path] = typer.Option(None, "--out", help="default: RUN/predict"),  # noqa: UP045
     dataset: str = typer.Option("", "--dataset", help="smg: Sample0001_color.mp4 -> Sample0001"),
+    eval_overlap: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--eval-overlap", help="window overlap (default: the run's data.eval_overlap; "
+        "1 - hop/window gives `stream --hop`'s windows)"),
 ) -> None:
     """Detect micro-gestures in new videos with a trained run (features made as for training)."""
     from detect.predict import format_detections, predict_videos
@@ -60,7 +63,7 @@ def predict(
     id_fn = None
     if dataset == "smg":
         from detect.datasets.smg import video_id_from_path as id_fn
-    preds, classes = predict_videos(videos, run, out, id_fn=id_fn)
+    preds, classes = predict_videos(videos, run, out, id_fn=id_fn, eval_overlap=eval_overlap)
     typer.echo(format_detections(preds, classes))
     typer.echo(f"outputs: {out or Path(run) / 'predict'}")
 

@@ -10,11 +10,14 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomllib
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -311,34 +314,45 @@ def read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(read_toml(path.parent / base, (*_seen, path.resolve())), data)
 
 
-def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the TOML at `path` (and its `base`), then `section.key=value` overrides."""
+def load_dataclass(
+    cls: type[T], path: Path | str | None = None, overrides: list[str] | None = None,
+    check: Callable[[T], None] | None = None,
+) -> T:
+    """Defaults of dataclass `cls`, then the TOML at `path` (and its `base`), then
+    `section.key=value` overrides; unknown keys and wrong types are ConfigErrors, and `check`
+    validates each step. Shared by `detect` and `classify` configs."""
+
+    def checked(data: dict[str, Any]) -> T:
+        cfg = _build(cls, copy.deepcopy(data), "")
+        if check is not None:
+            check(cfg)
+        return cfg
+
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         data = read_toml(path)
         try:
-            _checked(data)
+            checked(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from e
     # One override at a time, so an error names the --set that caused it, not the file.
-    cfg = _checked(data)
+    cfg = checked(data)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         key, value = item.split("=", 1)
         try:
             _set_nested(data, key.strip(), _parse_value(value.strip()))
-            cfg = _checked(data)
+            cfg = checked(data)
         except ConfigError as e:
             raise ConfigError(f"--set {item}: {e}") from e
     return cfg
 
 
-def _checked(data: dict[str, Any]) -> Config:
-    cfg = config_from_dict(copy.deepcopy(data))
-    check_config(cfg)
-    return cfg
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML at `path` (and its `base`), then `section.key=value` overrides."""
+    return load_dataclass(Config, path, overrides, check_config)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ with matplotlib, `timelines/<video>.png`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -73,10 +74,13 @@ def extraction_config_for(fs: FeatureSet) -> Any:
 
 def predict_videos(
     videos: list[Path], run: Path, out: Path | None = None, progress: bool = True,
-    id_fn: Any = None,
+    id_fn: Any = None, eval_overlap: float | None = None,
 ) -> tuple[dict[str, Detections], list[str]]:
     """Extract, detect and write outputs for `videos`; returns the thresholded detections and
-    the class names. `predict.json` records the run, threshold, videos and versions."""
+    the class names. `predict.json` records the run, threshold, windows, videos and versions.
+
+    eval_overlap: overlap of consecutive windows instead of the run's `data.eval_overlap`
+    (1 - hop / window gives `detect stream --hop`'s windows)."""
     import torch
 
     from detect.evaluate import load_run_model, predict
@@ -88,6 +92,11 @@ def predict_videos(
 
     run = Path(run)
     cfg, info = read_run(run)
+    if eval_overlap is not None:
+        if not 0 <= eval_overlap < 1:
+            raise RunError(f"eval_overlap must be in [0, 1), got {eval_overlap}")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                eval_overlap=eval_overlap))
     out = Path(out) if out is not None else run / "predict"
     train_fs = FeatureSet.open(Path(info["feature_set"]["path"]))
     if train_fs.key != info["feature_set"]["key"]:
@@ -123,7 +132,7 @@ def predict_videos(
     write_miga_csvs(preds, ann, out / "submission")
     atomic_write_json(out / "predict.json", {
         "run": str(run.resolve()), "checkpoint_epoch": ck["best_epoch"], "threshold": threshold,
-        "videos": done,
+        "window": cfg.data.window, "eval_overlap": cfg.data.eval_overlap, "videos": done,
         "feature_set": str(fs.path), "failed": summary.failed, "versions": versions()})
     _timelines(preds, ann, out / "timelines", threshold)
     return preds, classes
