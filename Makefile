@@ -41,10 +41,15 @@ SOURCE ?=
 STREAM_ARGS ?=
 # demo
 DEMO_ARGS ?=
+# clip classification (classify/)
+CLS_DATA ?= data/imigue-synthetic
+CLS_CONFIG ?= configs/classify/skeleton-small.toml
+CLS_RUN ?= runs/cls-demo
+CLS_ARGS ?=
 # tests
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo features convert train eval ablate predict stream report test bench lint
+.PHONY: help venv demo demo-cls train-cls features convert train eval ablate predict stream report test bench lint
 
 help: ## list the targets and their variables
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,6 +71,10 @@ help: ## list the targets and their variables
 	@echo "  VIDEO=  video file(s) or folder (predict)"
 	@echo "  TRAIN_ARGS=  extra options, e.g. --set train.epochs=10 or --resume (train)"
 	@echo "  DEMO_ARGS=  extra options for python -m detect demo, e.g. --videos 4 (demo)"
+	@echo "  CLS_DATA=$(CLS_DATA)  iMiGUE root: labels and OpenPose skeletons (demo-cls, train-cls)"
+	@echo "  CLS_CONFIG=$(CLS_CONFIG)  classifier config (train-cls)"
+	@echo "  CLS_RUN=$(CLS_RUN)  classifier run directory (demo-cls, train-cls)"
+	@echo "  CLS_ARGS=  extra options, e.g. --set train.epochs=10 (train-cls)"
 	@echo "  PYTEST_ARGS=  extra options for pytest (test)"
 	@echo "  PYTHON=$(PYTHON)  interpreter that creates the virtualenv"
 
@@ -92,6 +101,13 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP) ## the whole pipeline on a rendered synthetic set (about 15 min on 2 CPU cores)
 	$(PY) -m detect demo --cache $(OUT) --device $(DEVICE) $(if $(filter-out kinetics,$(WEIGHTS)),--weights $(WEIGHTS),) $(DEMO_ARGS)
+
+demo-cls: $(STAMP) ## clip classification on a rendered iMiGUE (skeleton 2s-AGCN; about 2 min on 2 CPU cores)
+	$(PY) -m classify render $(CLS_DATA) --videos 40 --minutes 1
+	$(PY) -m classify train --data $(CLS_DATA) --config $(CLS_CONFIG) --cache $(OUT)/skeleton --out $(CLS_RUN) $(CLS_ARGS)
+
+train-cls: $(STAMP) ## train + evaluate the clip classifier: make train-cls CLS_DATA=data/imigue CLS_RUN=runs/cls
+	$(PY) -m classify train --data $(CLS_DATA) --config $(CLS_CONFIG) --cache $(OUT)/skeleton --out $(CLS_RUN) $(CLS_ARGS)
 
 features: $(STAMP) ## extract I3D features: make features VIDEOS=data/videos OUT=cache (or DATASET=smg ROOT=...)
 	$(PY) -m extract features $(if $(DATASET),$(ROOT) --dataset $(DATASET),$(VIDEOS)) --out $(OUT) \

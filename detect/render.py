@@ -316,14 +316,19 @@ def pose_track(
     size: tuple[int, int],
     rng: np.random.Generator,
     idle: float = 1.0,
+    posture: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Pixel positions of every joint in every frame: {joint: (T, 2) float64 x, y}.
 
     idle scales the idle motions (breathing, drift, sway); 0 gives a figure still between gestures.
+    posture: a constant offset (body units) of some joints for the whole video (a slumped or
+    upright player).
     """
     w, h = size
     t = np.arange(num_frames) / fps
     body = {j: np.tile(np.asarray(REST[j], dtype=np.float64), (num_frames, 1)) for j in JOINTS}
+    for j, (dx, dy) in (posture or {}).items():
+        body[j] += (dx, dy)
     # Idle life: breathing lifts the shoulders and head; hands and head drift a little.
     breath = idle * 0.2 * np.sin(2 * math.pi * t / rng.uniform(3.2, 4.5) + rng.uniform(0, 6.3))
     for j in ("shoulder_R", "shoulder_L", "neck", "head"):
@@ -508,15 +513,17 @@ def render_video(
     progress: tqdm | None = None,
     skeleton: Path | None = None,
     idle: float = 1.0,
+    posture: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Render one video of `plan` to `path` (mp4); returns the joints {name: (T, 2) pixels}.
 
     skeleton: where to write the joints as CSV (header, then x,y of each joint per frame).
+    posture: see `pose_track`.
     """
     w, h = _check_size(size)
     rng = np.random.default_rng([seed, 1])
     look = make_look(size, rng)
-    joints = pose_track(num_frames, fps, plan, size, rng, idle)
+    joints = pose_track(num_frames, fps, plan, size, rng, idle, posture)
     unit = h / 120.0
     if skeleton is not None:
         header = ",".join(f"{j}_{c}" for j in JOINTS for c in "xy")

@@ -131,8 +131,21 @@ def read_label_csv(path: Path) -> list[LabelRow]:
     return out
 
 
-def read_original_csv(path: Path) -> tuple[dict[str, list[LabelRow]], dict[str, int]]:
-    """`labels_20200831.csv` -> ({video id: rows}, {video id: subject id})."""
+OUTCOMES = {"win": "win", "w": "win", "1": "win", "lose": "lose", "l": "lose", "0": "lose",
+            "loss": "lose"}
+
+
+@dataclass
+class OriginalLabels:
+    """What `labels_20200831.csv` says: label rows, subject and match outcome per video."""
+
+    labels: dict[str, list[LabelRow]]
+    subjects: dict[str, int]
+    outcomes: dict[str, str]  # "win" | "lose"; empty without a win_or_lose column
+
+
+def read_original_csv(path: Path) -> OriginalLabels:
+    """`labels_20200831.csv` -> label rows, subject ids and win/lose of each video."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -145,8 +158,11 @@ def read_original_csv(path: Path) -> tuple[dict[str, list[LabelRow]], dict[str, 
     if missing:
         raise DatasetError(f"{path}, line 1: header lacks columns {missing} (got {header})")
     col = {c: header.index(c) for c in need}
+    if "win_or_lose" in header:
+        col["win_or_lose"] = header.index("win_or_lose")
     labels: dict[str, list[LabelRow]] = {}
     subjects: dict[str, int] = {}
+    outcomes: dict[str, str] = {}
     for lineno, row in enumerate(rows, start=2):
         if not row or all(not f.strip() for f in row):
             continue
@@ -167,8 +183,16 @@ def read_original_csv(path: Path) -> tuple[dict[str, list[LabelRow]], dict[str, 
                 f"{path}, line {lineno}: video {vid} has subject {subject}, "
                 f"earlier rows say {subjects[vid]}"
             )
+        if "win_or_lose" in f:
+            outcome = OUTCOMES.get(f["win_or_lose"].lower())
+            if outcome is None:
+                raise DatasetError(f"{path}, line {lineno}: win_or_lose {f['win_or_lose']!r} is "
+                                   "not win or lose")
+            if outcomes.setdefault(vid, outcome) != outcome:
+                raise DatasetError(f"{path}, line {lineno}: video {vid} is a {outcome}, earlier "
+                                   f"rows say {outcomes[vid]}")
         labels.setdefault(vid, []).append(LabelRow(path, lineno, label, start, end))
-    return labels, subjects
+    return OriginalLabels(labels, subjects, outcomes)
 
 
 def rows_to_instances(
@@ -199,11 +223,25 @@ def subject_split(spec: str) -> tuple[dict[int, str], str | None]:
     return table, rest
 
 
-def _find_one(root: Path, pattern: str) -> Path | None:
+def find_one(root: Path, pattern: str) -> Path | None:
     found = sorted(p for p in root.rglob(pattern) if p.is_file())
     if len(found) > 1:
         raise DatasetError(f"{root}: more than one {pattern}: {', '.join(map(str, found))}")
     return found[0] if found else None
+
+
+def find_label_files(root: Path) -> dict[str, Path]:
+    """Every MiGA per-video `XXXX_label.csv` under `root`: {video id: path}."""
+    per_video: dict[str, Path] = {}
+    for p in sorted(Path(root).rglob("*_label.csv")):
+        m = _LABEL_RE.match(p.name)
+        if not m:
+            continue
+        vid = m.group(1)
+        if vid in per_video:
+            raise DatasetError(f"{root}: video {vid} found twice: {per_video[vid]} and {p}")
+        per_video[vid] = p
+    return per_video
 
 
 def convert_imigue(
@@ -230,25 +268,17 @@ def convert_imigue(
     elif root.is_dir():
         folder = root
         if labels_csv is None:
-            labels_csv = _find_one(root, "labels_*.csv")
+            labels_csv = find_one(root, "labels_*.csv")
     else:
         raise DatasetError(f"{root}: no such file or directory")
 
-    per_video: dict[str, Path] = {}
-    if root.is_dir():
-        for p in sorted(root.rglob("*_label.csv")):
-            m = _LABEL_RE.match(p.name)
-            if not m:
-                continue
-            vid = m.group(1)
-            if vid in per_video:
-                raise DatasetError(f"{root}: video {vid} found twice: {per_video[vid]} and {p}")
-            per_video[vid] = p
+    per_video = find_label_files(root) if root.is_dir() else {}
 
     original: dict[str, list[LabelRow]] = {}
     subjects: dict[str, int] = {}
     if labels_csv is not None:
-        original, subjects = read_original_csv(labels_csv)
+        orig = read_original_csv(labels_csv)
+        original, subjects = orig.labels, orig.subjects
     if not per_video and not original:
         raise DatasetError(f"{root}: no iMiGUE labels (XXXX/XXXX_label.csv or labels_*.csv)")
 
@@ -272,7 +302,7 @@ def convert_imigue(
     guessed: list[str] = []
     for vid in sorted(per_video or original):
         label_path = per_video.get(vid)
-        video = _video_for(vid, label_path.parent if label_path else folder)
+        video = video_for(vid, label_path.parent if label_path else folder)
         probe = probe_video(video) if video is not None else None
         num_frames = probe.num_frames if probe is not None else None
         rows = read_label_csv(label_path) if label_path is not None else original[vid]
@@ -302,7 +332,7 @@ def convert_imigue(
     return ann
 
 
-def _video_for(vid: str, folder: Path) -> Path | None:
+def video_for(vid: str, folder: Path) -> Path | None:
     for name in (f"{vid}.mp4", f"{vid}_color.mp4"):
         if (folder / name).is_file():
             return folder / name

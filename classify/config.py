@@ -1,0 +1,69 @@
+"""Clip-classification configuration: plain dataclasses from TOML with `--set a.b=value`
+overrides (the loader of `detect.config`: unknown keys and wrong types are errors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from classify.model.agcn import AGCNConfig
+from detect.config import ConfigError, load_dataclass
+
+
+@dataclass
+class DataConfig:
+    frames: int = 64  # frames sampled from each clip (PYSKL's uniform sampling)
+    split: str = ""  # subject spec `train=2,4-6;test=rest`; "" = the official cross-subject one
+    val_fraction: float = 0.0  # of the training clips, by video, held out to pick the epoch
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 0.1  # SGD, Nesterov momentum 0.9 (2s-AGCN), cosine after a linear warmup
+    warmup_epochs: int = 5
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class SkeletonConfig:
+    """2s-AGCN: one network per stream; "joint" and "bone" scores are summed (softmax)."""
+
+    streams: list[str] = field(default_factory=lambda: ["joint", "bone"])
+    agcn: AGCNConfig = field(default_factory=AGCNConfig)
+
+
+@dataclass
+class ClassifyConfig:
+    name: str = "cls"
+    data: DataConfig = field(default_factory=DataConfig)
+    skeleton: SkeletonConfig = field(default_factory=SkeletonConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def check(cfg: ClassifyConfig) -> None:
+    if cfg.data.frames < 1:
+        raise ConfigError("data.frames must be >= 1")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError("data.val_fraction must be in [0, 1)")
+    if not cfg.skeleton.streams or any(s not in ("joint", "bone") for s in cfg.skeleton.streams):
+        raise ConfigError("skeleton.streams: a non-empty list of 'joint' and 'bone'")
+    a = cfg.skeleton.agcn
+    if not a.channels or len(a.channels) != len(a.strides) or min(a.channels + a.strides) < 1:
+        raise ConfigError("skeleton.agcn.channels and strides: equal-length lists of "
+                          "positive integers")
+    if a.temporal_kernel < 1 or a.temporal_kernel % 2 == 0:
+        raise ConfigError("skeleton.agcn.temporal_kernel must be odd")
+    t = cfg.train
+    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.warmup_epochs < 0:
+        raise ConfigError("train: epochs, batch_size >= 1, lr > 0, warmup_epochs >= 0")
+
+
+def load_classify_config(path: Path | str | None = None,
+                         overrides: list[str] | None = None) -> ClassifyConfig:
+    return load_dataclass(ClassifyConfig, path, overrides, check)

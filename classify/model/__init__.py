@@ -1,0 +1,1 @@
+"""Clip classifiers: 2s-AGCN on skeletons (`agcn.py`)."""
