@@ -57,7 +57,7 @@ def features(
 ) -> None:
     """Extract features for every video into one feature set; prints the feature-set path."""
     from extract.i3d import WeightsError
-    from extract.pipeline import ExtractConfig, format_summary, run_extraction
+    from extract.pipeline import ExtractConfig, all_ranks_ok, format_summary, run_extraction
 
     try:
         cfg = ExtractConfig(weights=weights, seed=seed, stride=stride, short_side=short_side,
@@ -71,7 +71,7 @@ def features(
         raise typer.Exit(2) from e
     typer.echo(format_summary(summary), err=True)
     typer.echo(str(summary.featureset))
-    if not summary.ok:
+    if not all_ranks_ok(summary.ok):
         raise typer.Exit(1)
 
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,28 @@ def dist_rank() -> tuple[int, int]:
     if not 0 <= rank < world:
         raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
     return rank, world
+
+
+def all_ranks_ok(ok: bool) -> bool:
+    """Wait for every torchrun rank and agree on the outcome (any rank failed -> False).
+
+    torchrun tears down all ranks as soon as one exits non-zero, so a rank that met a broken
+    video must not exit before the others have finished their videos. Without torchrun: `ok`.
+    """
+    _, world = dist_rank()
+    if world == 1:
+        return ok
+    import torch
+    import torch.distributed as dist
+
+    # Ranks may finish hours apart on an uneven shard: the default 30 min would cut them off.
+    dist.init_process_group("gloo", timeout=timedelta(days=7))
+    try:
+        flag = torch.tensor([int(ok)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+    finally:
+        dist.destroy_process_group()
 
 
 def featureset_settings(cfg: ExtractConfig, weights: Weights) -> tuple[str, dict[str, Any]]:

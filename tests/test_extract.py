@@ -243,7 +243,8 @@ def test_kill_9_leaves_no_partial_file_and_rerun_completes(tmp_path):
 def test_two_ranks_give_the_same_feature_set_as_one_process(tmp_path, videos):
     """The README's `torchrun --nproc_per_node N -m extract features ...`, run as written."""
     (tmp_path / "broken_video.mp4").write_text("not a video\n")
-    write_noise_video(tmp_path / "extra.mp4", 2.4, seed=9)
+    # Long, so the rank with the broken video ends first (torchrun used to kill the other one).
+    write_noise_video(tmp_path / "extra.mp4", 60.0, seed=9)
     inputs = [videos, tmp_path / "broken_video.mp4", tmp_path / "extra.mp4"]
     # The ranks run at the same time, racing each other on failures.json.
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node",
