@@ -35,7 +35,8 @@ def train(
     cache: Path = typer.Option(Path("cache/skeleton"), "--cache", help="keypoint cache"),
     set_: list[str] = typer.Option([], "--set", help="override, e.g. train.epochs=10"),  # noqa: B008
 ) -> None:
-    """Train the skeleton streams on the training subjects, evaluate on the test subjects."""
+    """Train the skeleton streams (and, with rgb.enabled, the RGB and fusion heads) on the training
+    subjects; evaluate on the test subjects."""
     from classify.config import load_classify_config
     from classify.train import format_metrics, run_classify
 

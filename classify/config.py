@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from classify.model.agcn import AGCNConfig
+from classify.model.fusion import FusionConfig
+from classify.rgb_tokens import RGBConfig
 from detect.config import ConfigError, load_dataclass
 
 
@@ -44,6 +46,8 @@ class ClassifyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     skeleton: SkeletonConfig = field(default_factory=SkeletonConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rgb: RGBConfig = field(default_factory=RGBConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
 
 def check(cfg: ClassifyConfig) -> None:
@@ -59,6 +63,11 @@ def check(cfg: ClassifyConfig) -> None:
                           "positive integers")
     if a.temporal_kernel < 1 or a.temporal_kernel % 2 == 0:
         raise ConfigError("skeleton.agcn.temporal_kernel must be odd")
+    r, f = cfg.rgb, cfg.fusion
+    if r.enabled and (r.frames < 2 or r.frames % 2 or r.size % 32 or r.batch_size < 1):
+        raise ConfigError("rgb: frames even and >= 2, size a multiple of 32, batch_size >= 1")
+    if f.dim % f.heads or f.layers < 1 or f.epochs < 1 or f.lr <= 0:
+        raise ConfigError("fusion: dim divisible by heads, layers, epochs >= 1, lr > 0")
     t = cfg.train
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.warmup_epochs < 0:
         raise ConfigError("train: epochs, batch_size >= 1, lr > 0, warmup_epochs >= 0")

@@ -33,7 +33,8 @@ from extract.pipeline import remove_stale_temps, update_failures
 
 @dataclass
 class RGBConfig:
-    enabled: bool = False
+    enabled: bool = False  # then the RGB heads and the token fusion run after the skeleton
+    cache: str = "cache/rgb"
     weights: str = "kinetics"  # "kinetics" (hub cache), a checkpoint path, or "random"
     frames: int = 16
     size: int = 224

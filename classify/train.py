@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from classify.clips import Clip, ClipIndex, index_imigue
 from classify.config import ClassifyConfig
+from classify.fusion_train import run_heads, skeleton_tokens
 from classify.metrics import classification_report, ranked
 from classify.model.agcn import AGCN
+from classify.rgb_tokens import extract_rgb_tokens, load_rgb_tokens
 from classify.skeleton import clip_input
 from classify.skeleton_cache import Skeletons, check_clip_frames, load_skeletons
 from detect.config import config_to_dict, to_toml
@@ -176,6 +178,7 @@ def run_classify(cfg: ClassifyConfig, data_root: Path, cache: Path, out: Path,
     metrics: dict = {"streams": {}}
     fused = np.zeros((len(test_clips), len(classes)))
     labels = np.array([c.label for c in test_clips])
+    models: dict[str, AGCN] = {}
     for stream in cfg.skeleton.streams:
         t0 = time.perf_counter()
         model = train_stream(cfg, stream, train_clips, skel.keypoints, len(classes),
@@ -183,25 +186,93 @@ def run_classify(cfg: ClassifyConfig, data_root: Path, cache: Path, out: Path,
         scores = clip_scores(model, SkeletonClips(test_clips, skel.keypoints, stream,
                                                   cfg.data.frames, train=False), device)
         fused += scores
+        models[stream] = model
         rep = classification_report(scores, labels, classes)
         rep["train_minutes"] = (time.perf_counter() - t0) / 60
         rep["params"] = sum(p.numel() for p in model.parameters())
         metrics["streams"][stream] = rep
     metrics["fused"] = classification_report(fused, labels, classes)
     metrics["fused"]["streams"] = list(cfg.skeleton.streams)
+    metrics["final"] = {**metrics["fused"], "source": "fused"}
+    final, final_clips = fused, test_clips
+    if cfg.rgb.enabled:
+        final_clips, final = _run_rgb_fusion(cfg, index, train_clips, test_clips, skel, models,
+                                             out, device, metrics, progress)
     metrics["versions"] = versions()
     atomic_write_json(out / "metrics.json", metrics)
-    _write_predictions(out / "predictions.csv", test_clips, fused, classes)
-    cm = np.asarray(metrics["fused"]["confusion"])
+    _write_predictions(out / "predictions.csv", final_clips, final, classes)
+    write_miga_csv(out / "miga_track1.csv", final_clips, final, index)
+    write_ablation_table(out / "ablations.md", metrics)
+    cm = np.asarray(metrics["final"]["confusion"])
     rows = [",".join(["true\\pred", *[str(i + 1) for i in range(len(classes))]])]
     rows += [",".join([str(i + 1), *map(str, r)]) for i, r in enumerate(cm)]
     atomic_write_bytes(out / "confusion.csv", ("\n".join(rows) + "\n").encode())
     return metrics
 
 
+def _run_rgb_fusion(cfg: ClassifyConfig, index: ClipIndex, train_clips: list[Clip],
+                    test_clips: list[Clip], skel: Skeletons, models: dict[str, AGCN], out: Path,
+                    device: torch.device, metrics: dict, progress: bool
+                    ) -> tuple[list[Clip], np.ndarray]:
+    """RGB tokens, then the rgb / skeleton / late / token heads on the clips with both
+    modalities; fills metrics["fusion"] and returns the token-fusion test scores."""
+    fs = extract_rgb_tokens(index, Path(cfg.rgb.cache), cfg.rgb, progress)
+    for vid, msg in sorted(fs.failures().items()):
+        print(f"no RGB tokens for video {vid}: {msg}", file=sys.stderr)
+    rgb = load_rgb_tokens(fs, train_clips + test_clips)
+    tr = [c for c in train_clips if c.key in rgb]
+    te = [c for c in test_clips if c.key in rgb]
+    if not tr or not te:
+        raise RunError(f"{len(tr)} training and {len(te)} test clips have RGB tokens; both "
+                       "are needed for the fusion")
+
+    def arrays(clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.stack([rgb[c.key] for c in clips]),
+                skeleton_tokens(models, clips, skel.keypoints, cfg.data.frames, device))
+
+    t0 = time.perf_counter()
+    train = (*arrays(tr), np.array([c.label for c in tr]))
+    scores = run_heads(cfg.fusion, train, arrays(te), len(index.classes), out / "fusion",
+                       device, cfg.train.seed, progress)
+    labels = np.array([c.label for c in te])
+    metrics["fusion"] = {m: classification_report(s, labels, index.classes)
+                         for m, s in scores.items()}
+    metrics["fusion"]["rgb_featureset"] = str(fs.path)
+    metrics["fusion"]["minutes"] = (time.perf_counter() - t0) / 60
+    metrics["final"] = {**metrics["fusion"]["token"], "source": "fusion.token"}
+    return te, scores["token"]
+
+
+def write_miga_csv(path: Path, clips: list[Clip], scores: np.ndarray, index: ClipIndex) -> None:
+    """The MiGA classification submission: `videoID_clipIndex,label` per clip, the clip index
+    0-based within its video's label file and the label 0-based (file class 99 -> 31)."""
+    position: dict[str, int] = {}
+    for vid in sorted({c.video for c in index.clips}):
+        rows = sorted(c.row for c in index.clips if c.video == vid)
+        position.update({f"{vid}/{r}": i for i, r in enumerate(rows)})
+    pred = ranked(scores)[:, 0]
+    lines = [f"{c.video}_{position[c.key]},{int(p)}" for c, p in zip(clips, pred, strict=True)]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def write_ablation_table(path: Path, metrics: dict) -> None:
+    """A markdown table of every model of the run (top-1, top-5, mean class accuracy)."""
+    rows = [(f"skeleton 2s-AGCN, {k} stream", v) for k, v in metrics["streams"].items()]
+    rows.append(("skeleton 2s-AGCN, streams fused", metrics["fused"]))
+    names = {"rgb": "RGB only (MViTv2-S tokens)", "skeleton": "skeleton only (AGCN tokens)",
+             "late": "late fusion (mean softmax)", "token": "cross-modal token fusion"}
+    rows += [(names[m], metrics["fusion"][m]) for m in names if m in metrics.get("fusion", {})]
+    lines = ["| model | top-1 | top-5 | mean class | clips |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {100 * r['top1']:.2f} | {100 * r['top5']:.2f} | "
+              f"{100 * r['mean_class_accuracy']:.2f} | {r['clips']} |" for n, r in rows]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
 def format_metrics(metrics: dict) -> str:
     lines = []
-    for name, rep in [*metrics["streams"].items(), ("fused", metrics["fused"])]:
+    fusion = [(m, metrics["fusion"][m]) for m in ("rgb", "skeleton", "late", "token")
+              if m in metrics.get("fusion", {})]
+    for name, rep in [*metrics["streams"].items(), ("fused", metrics["fused"]), *fusion]:
         lines.append(f"{name:>6}: top-1 {100 * rep['top1']:.2f}  top-5 {100 * rep['top5']:.2f}  "
                      f"mean class {100 * rep['mean_class_accuracy']:.2f}  ({rep['clips']} clips)")
     return "\n".join(lines)

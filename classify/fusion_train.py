@@ -1,0 +1,119 @@
+"""Train the token-fusion head and its ablations on cached tokens; one folder per mode.
+
+Skeleton tokens are the trained 2s-AGCN streams' last-layer tokens averaged over joints, the
+streams concatenated along channels: (T', sum of channels) per clip, at the test-time frame
+sampling. RGB tokens come from `classify.rgb_tokens`. Modes: "rgb", "skeleton" (self-attention
+heads on one modality), "token" (cross-modal token fusion) and "late" (the sum of the rgb and
+skeleton heads' softmax scores; nothing is trained for it).
+
+The AGCN saw the training clips, so its training-clip tokens are cleaner than its test-clip
+tokens; the fusion head may lean on the skeleton more than it should on real data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from classify.clips import Clip
+from classify.model.agcn import AGCN
+from classify.model.fusion import FusionClassifier, FusionConfig
+from classify.skeleton import clip_input
+from detect.rundir import append_metrics_row, load_checkpoint, save_checkpoint
+
+MODES = ("rgb", "skeleton", "token")
+
+
+@torch.inference_mode()
+def skeleton_tokens(models: dict[str, AGCN], clips: list[Clip], keypoints: dict[str, np.ndarray],
+                    frames: int, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """(N, T', C) skeleton tokens of `clips` (see the module docstring)."""
+    out = []
+    for m in models.values():
+        m.eval()
+    for b in range(0, len(clips), batch_size):
+        parts = []
+        for stream, m in models.items():
+            x = np.stack([clip_input(keypoints[c.video][c.start:c.end + 1], frames, stream)
+                          for c in clips[b:b + batch_size]])
+            parts.append(m.tokens(torch.from_numpy(x).to(device)).mean(2).float().cpu())
+        out.append(torch.cat(parts, -1))
+    return torch.cat(out).numpy()
+
+
+def _lr(step: float, steps_per_epoch: int, cfg: FusionConfig) -> float:
+    warm = steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    total = max(cfg.epochs * steps_per_epoch - warm, 1)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / total))
+
+
+def train_head(cfg: FusionConfig, mode: str, rgb: np.ndarray, skel: np.ndarray,
+               labels: np.ndarray, num_classes: int, out: Path, device: torch.device,
+               seed: int = 0, progress: bool = True) -> FusionClassifier:
+    """Train one head to the last epoch on (N, Nr, Cr) rgb and (N, Ns, Cs) skeleton tokens,
+    resuming from `out/last.pt`."""
+    torch.manual_seed(seed)
+    model = FusionClassifier(cfg, mode, num_classes, rgb.shape[1:], skel.shape[1:]).to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, last = 0, Path(out) / "last.pt"
+    if last.is_file():
+        ck = load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        optim.load_state_dict(ck["optim"])
+        start = int(ck["epoch"]) + 1
+    r, s, y = (torch.from_numpy(a).to(device) for a in (rgb, skel, labels))
+    steps = math.ceil(len(y) / cfg.batch_size)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in tqdm(range(start, cfg.epochs), desc=f"fusion {mode}", unit="epoch",
+                      disable=not progress):
+        model.train()
+        gen.manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(len(y), generator=gen).to(device)
+        t0, total = time.perf_counter(), 0.0
+        for i in range(steps):
+            for g in optim.param_groups:
+                g["lr"] = _lr(epoch * steps + i, steps, cfg)
+            b = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            loss = F.cross_entropy(model(r[b], s[b]), y[b], label_smoothing=cfg.label_smoothing)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            total += loss.item() * len(b)
+        save_checkpoint(last, {"model": model.state_dict(), "optim": optim.state_dict(),
+                               "epoch": epoch, "mode": mode})
+        append_metrics_row(Path(out), {"epoch": epoch, "loss": total / len(y),
+                                       "seconds": round(time.perf_counter() - t0, 2)})
+    return model
+
+
+@torch.inference_mode()
+def head_scores(model: FusionClassifier, rgb: np.ndarray, skel: np.ndarray,
+                device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Softmax scores (N, C)."""
+    model.eval()
+    out = [torch.softmax(model(torch.from_numpy(rgb[b:b + batch_size]).to(device),
+                               torch.from_numpy(skel[b:b + batch_size]).to(device)), -1).cpu()
+           for b in range(0, len(rgb), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def run_heads(cfg: FusionConfig, train: tuple[np.ndarray, np.ndarray, np.ndarray],
+              test: tuple[np.ndarray, np.ndarray], num_classes: int, out: Path,
+              device: torch.device, seed: int = 0, progress: bool = True
+              ) -> dict[str, np.ndarray]:
+    """Test scores (N, C) of every mode, "late" included."""
+    scores = {}
+    for mode in MODES:
+        model = train_head(cfg, mode, *train, num_classes, Path(out) / mode, device, seed,
+                           progress)
+        scores[mode] = head_scores(model, *test, device)
+    scores["late"] = (scores["rgb"] + scores["skeleton"]) / 2
+    return scores
