@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from classify.emotion import EmotionConfig
 from classify.model.agcn import AGCNConfig
 from classify.model.fusion import FusionConfig
 from classify.rgb_tokens import RGBConfig
@@ -48,6 +49,7 @@ class ClassifyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     rgb: RGBConfig = field(default_factory=RGBConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
 
 
 def check(cfg: ClassifyConfig) -> None:
@@ -68,6 +70,17 @@ def check(cfg: ClassifyConfig) -> None:
         raise ConfigError("rgb: frames even and >= 2, size a multiple of 32, batch_size >= 1")
     if f.dim % f.heads or f.layers < 1 or f.epochs < 1 or f.lr <= 0:
         raise ConfigError("fusion: dim divisible by heads, layers, epochs >= 1, lr > 0")
+    e = cfg.emotion
+    if e.enabled and not r.enabled:
+        raise ConfigError("emotion.enabled needs rgb.enabled (the MViT tokens are the context)")
+    if e.enabled and not e.face_weights:
+        raise ConfigError("emotion.face_weights: a SwinFace checkpoint path, or \"random\" to "
+                          "train on random face embeddings on purpose")
+    if e.face_frames < 1 or e.batch_size < 1:
+        raise ConfigError("emotion: face_frames and batch_size >= 1")
+    ef = e.fusion
+    if ef.dim % ef.heads or ef.layers < 1 or ef.epochs < 1 or ef.lr <= 0:
+        raise ConfigError("emotion.fusion: dim divisible by heads, layers, epochs >= 1, lr > 0")
     t = cfg.train
     if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.warmup_epochs < 0:
         raise ConfigError("train: epochs, batch_size >= 1, lr > 0, warmup_epochs >= 0")

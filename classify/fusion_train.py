@@ -1,13 +1,13 @@
-"""Train the token-fusion head and its ablations on cached tokens; one folder per mode.
+"""Train fusion heads (`classify.model.fusion`) on cached tokens; one folder per head.
+
+A head is a name and the modalities it uses, e.g. {"rgb": ("rgb",), "skeleton": ("skeleton",),
+"token": ("rgb", "skeleton")}. `run_heads` trains them all and adds "late": the mean softmax of
+the one-modality heads (nothing is trained for it).
 
 Skeleton tokens are the trained 2s-AGCN streams' last-layer tokens averaged over joints, the
 streams concatenated along channels: (T', sum of channels) per clip, at the test-time frame
-sampling. RGB tokens come from `classify.rgb_tokens`. Modes: "rgb", "skeleton" (self-attention
-heads on one modality), "token" (cross-modal token fusion) and "late" (the sum of the rgb and
-skeleton heads' softmax scores; nothing is trained for it).
-
-The AGCN saw the training clips, so its training-clip tokens are cleaner than its test-clip
-tokens; the fusion head may lean on the skeleton more than it should on real data.
+sampling. The AGCN saw the training clips, so its training-clip tokens are cleaner than its
+test-clip tokens; a fusion head may lean on the skeleton more than it should on real data.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from classify.model.fusion import FusionClassifier, FusionConfig
 from classify.skeleton import clip_input
 from detect.rundir import append_metrics_row, load_checkpoint, save_checkpoint
 
-MODES = ("rgb", "skeleton", "token")
+Tokens = dict[str, np.ndarray]  # modality -> (N, N_m, C_m)
 
 
 @torch.inference_mode()
@@ -55,13 +55,13 @@ def _lr(step: float, steps_per_epoch: int, cfg: FusionConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / total))
 
 
-def train_head(cfg: FusionConfig, mode: str, rgb: np.ndarray, skel: np.ndarray,
-               labels: np.ndarray, num_classes: int, out: Path, device: torch.device,
-               seed: int = 0, progress: bool = True) -> FusionClassifier:
-    """Train one head to the last epoch on (N, Nr, Cr) rgb and (N, Ns, Cs) skeleton tokens,
-    resuming from `out/last.pt`."""
+def train_head(cfg: FusionConfig, uses: tuple[str, ...], inputs: Tokens, labels: np.ndarray,
+               num_classes: int, out: Path, device: torch.device, seed: int = 0,
+               progress: bool = True) -> FusionClassifier:
+    """Train one head to the last epoch, resuming from `out/last.pt`."""
     torch.manual_seed(seed)
-    model = FusionClassifier(cfg, mode, num_classes, rgb.shape[1:], skel.shape[1:]).to(device)
+    shapes = {m: inputs[m].shape[1:] for m in uses}
+    model = FusionClassifier(cfg, uses, num_classes, shapes).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, last = 0, Path(out) / "last.pt"
     if last.is_file():
@@ -69,10 +69,11 @@ def train_head(cfg: FusionConfig, mode: str, rgb: np.ndarray, skel: np.ndarray,
         model.load_state_dict(ck["model"])
         optim.load_state_dict(ck["optim"])
         start = int(ck["epoch"]) + 1
-    r, s, y = (torch.from_numpy(a).to(device) for a in (rgb, skel, labels))
+    x = {m: torch.from_numpy(inputs[m]).to(device) for m in uses}
+    y = torch.from_numpy(labels).to(device)
     steps = math.ceil(len(y) / cfg.batch_size)
     gen = torch.Generator().manual_seed(seed)
-    for epoch in tqdm(range(start, cfg.epochs), desc=f"fusion {mode}", unit="epoch",
+    for epoch in tqdm(range(start, cfg.epochs), desc=f"head {Path(out).name}", unit="epoch",
                       disable=not progress):
         model.train()
         gen.manual_seed(seed * 1000 + epoch)
@@ -82,38 +83,42 @@ def train_head(cfg: FusionConfig, mode: str, rgb: np.ndarray, skel: np.ndarray,
             for g in optim.param_groups:
                 g["lr"] = _lr(epoch * steps + i, steps, cfg)
             b = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(r[b], s[b]), y[b], label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(model({m: v[b] for m, v in x.items()}), y[b],
+                                   label_smoothing=cfg.label_smoothing)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             total += loss.item() * len(b)
         save_checkpoint(last, {"model": model.state_dict(), "optim": optim.state_dict(),
-                               "epoch": epoch, "mode": mode})
+                               "epoch": epoch, "uses": list(uses)})
         append_metrics_row(Path(out), {"epoch": epoch, "loss": total / len(y),
                                        "seconds": round(time.perf_counter() - t0, 2)})
     return model
 
 
 @torch.inference_mode()
-def head_scores(model: FusionClassifier, rgb: np.ndarray, skel: np.ndarray,
-                device: torch.device, batch_size: int = 256) -> np.ndarray:
+def head_scores(model: FusionClassifier, inputs: Tokens, device: torch.device,
+                batch_size: int = 256) -> np.ndarray:
     """Softmax scores (N, C)."""
     model.eval()
-    out = [torch.softmax(model(torch.from_numpy(rgb[b:b + batch_size]).to(device),
-                               torch.from_numpy(skel[b:b + batch_size]).to(device)), -1).cpu()
-           for b in range(0, len(rgb), batch_size)]
+    n = len(next(iter(inputs.values())))
+    out = [torch.softmax(model({m: torch.from_numpy(inputs[m][b:b + batch_size]).to(device)
+                                for m in model.uses}), -1).cpu()
+           for b in range(0, n, batch_size)]
     return torch.cat(out).numpy()
 
 
-def run_heads(cfg: FusionConfig, train: tuple[np.ndarray, np.ndarray, np.ndarray],
-              test: tuple[np.ndarray, np.ndarray], num_classes: int, out: Path,
+def run_heads(cfg: FusionConfig, heads: dict[str, tuple[str, ...]], train: Tokens,
+              labels: np.ndarray, test: Tokens, num_classes: int, out: Path,
               device: torch.device, seed: int = 0, progress: bool = True
               ) -> dict[str, np.ndarray]:
-    """Test scores (N, C) of every mode, "late" included."""
+    """Test scores (N, C) of every head, and "late" (see the module docstring)."""
     scores = {}
-    for mode in MODES:
-        model = train_head(cfg, mode, *train, num_classes, Path(out) / mode, device, seed,
-                           progress)
-        scores[mode] = head_scores(model, *test, device)
-    scores["late"] = (scores["rgb"] + scores["skeleton"]) / 2
+    for name, uses in heads.items():
+        model = train_head(cfg, uses, train, labels, num_classes, Path(out) / name, device,
+                           seed, progress)
+        scores[name] = head_scores(model, test, device)
+    single = [scores[n] for n, uses in heads.items() if len(uses) == 1]
+    if len(single) > 1:
+        scores["late"] = sum(single) / len(single)
     return scores

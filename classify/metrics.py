@@ -1,4 +1,5 @@
-"""Clip classification metrics: top-k accuracy, per-class accuracy and the confusion matrix.
+"""Clip classification metrics: top-k accuracy, per-class accuracy and the confusion matrix;
+binary accuracy, F1 and AUROC for emotion.
 
 scores (N, C) (logits or probabilities: only their order matters), labels (N,) in 0..C-1.
 Ties are broken toward the lower class id (a stable sort), so a result never depends on luck.
@@ -52,4 +53,31 @@ def classification_report(scores: np.ndarray, labels: np.ndarray,
         "per_class": {classes[c]: {"accuracy": float(pc[c]), "clips": int(cm[c].sum())}
                       for c in np.flatnonzero(present)},
         "confusion": cm.tolist(),
+    }
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: P(a positive scores above a negative), ties counting half
+    (the Mann-Whitney U with average ranks). NaN without both classes."""
+    s, y = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # average rank over each group of equal scores
+    ranks = (first + (counts + 1) / 2)[inv]
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def binary_report(p_pos: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:
+    """Accuracy, F1 of the positive class and AUROC of p(positive) (N,) against labels (N,)."""
+    p, y = np.asarray(p_pos, np.float64), np.asarray(labels).astype(bool)
+    pred = p >= threshold
+    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
+    return {
+        "videos": int(len(y)),
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+        "auroc": auroc(p, y),
+        "positives": int(y.sum()),
     }

@@ -5,7 +5,8 @@ Each video is a player who gestures now and then (one gesture at a time, 0.3-2 s
 classes they look like (`CLASS_MAP`). Players have subject ids (three in four from the official
 training subjects, so the cross-subject split has both sides) and each video a win or lose: a
 losing player slumps (head and neck lower, shoulders raised and forward) and the corners of the
-mouth go down, a winner sits upright and smiles. Written as released::
+mouth go down (drawn, and in the face keypoints), a winner sits upright and smiles. Written as
+released::
 
     OUT/XXXX/XXXX.mp4                                H.264, 25 fps
     OUT/XXXX/XXXX_label.csv                          class,start,end (0-based frames; 99 = 32)
@@ -173,7 +174,7 @@ def render_imigue(out: Path, videos: int = 16, minutes: float = 0.75, seed: int 
         raise ValueError("need at least 2 videos and a positive length")
     _check_size(size)
     settings = {"videos": videos, "minutes": minutes, "seed": seed, "size": list(size),
-                "fps": FPS, "format": 1}
+                "fps": FPS, "format": 2}  # 2: the mouth is drawn
     info = out / "render.json"
     if info.is_file() and json.loads(info.read_text()) != settings:
         raise ValueError(f"{info}: this folder was rendered with other settings "
@@ -207,9 +208,10 @@ def render_imigue(out: Path, videos: int = 16, minutes: float = 0.75, seed: int 
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(folder / f"{vid}_label.csv", label_rows.encode())
             posture = SLUMP if outcome == "lose" else UPRIGHT
+            mouth = 1.0 if outcome == "win" else -1.0
             joints = render_video(video, num_frames, plan, size, FPS, seed=seed * 100_003 + i,
-                                  progress=bar, posture=posture)
-            kp = openpose_keypoints(joints, size[1] / 120.0, 1.0 if outcome == "win" else -1.0,
+                                  progress=bar, posture=posture, mouth=mouth)
+            kp = openpose_keypoints(joints, size[1] / 120.0, mouth,
                                     np.random.default_rng([seed, i, 8]))
             write_openpose_dir(skel, vid, kp)
     lines = [",".join(ORIGINAL_COLUMNS)]

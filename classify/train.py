@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from classify.clips import Clip, ClipIndex, index_imigue
 from classify.config import ClassifyConfig
+from classify.emotion import run_emotion
 from classify.fusion_train import run_heads, skeleton_tokens
 from classify.metrics import classification_report, ranked
 from classify.model.agcn import AGCN
@@ -196,8 +197,13 @@ def run_classify(cfg: ClassifyConfig, data_root: Path, cache: Path, out: Path,
     metrics["final"] = {**metrics["fused"], "source": "fused"}
     final, final_clips = fused, test_clips
     if cfg.rgb.enabled:
-        final_clips, final = _run_rgb_fusion(cfg, index, train_clips, test_clips, skel, models,
-                                             out, device, metrics, progress)
+        final_clips, final, rgb = _run_rgb_fusion(cfg, index, train_clips, test_clips, skel,
+                                                  models, out, device, metrics, progress)
+        if cfg.emotion.enabled:
+            t0 = time.perf_counter()
+            metrics["emotion"] = run_emotion(cfg.emotion, index, train_clips, test_clips,
+                                             skel.keypoints, rgb, out, device, progress)
+            metrics["emotion"]["minutes"] = (time.perf_counter() - t0) / 60
     metrics["versions"] = versions()
     atomic_write_json(out / "metrics.json", metrics)
     _write_predictions(out / "predictions.csv", final_clips, final, classes)
@@ -213,9 +219,10 @@ def run_classify(cfg: ClassifyConfig, data_root: Path, cache: Path, out: Path,
 def _run_rgb_fusion(cfg: ClassifyConfig, index: ClipIndex, train_clips: list[Clip],
                     test_clips: list[Clip], skel: Skeletons, models: dict[str, AGCN], out: Path,
                     device: torch.device, metrics: dict, progress: bool
-                    ) -> tuple[list[Clip], np.ndarray]:
+                    ) -> tuple[list[Clip], np.ndarray, dict[str, np.ndarray]]:
     """RGB tokens, then the rgb / skeleton / late / token heads on the clips with both
-    modalities; fills metrics["fusion"] and returns the token-fusion test scores."""
+    modalities; fills metrics["fusion"] and returns the test clips, their token-fusion scores
+    and the RGB tokens {clip key: (1 + frames/2, 768)}."""
     fs = extract_rgb_tokens(index, Path(cfg.rgb.cache), cfg.rgb, progress)
     for vid, msg in sorted(fs.failures().items()):
         print(f"no RGB tokens for video {vid}: {msg}", file=sys.stderr)
@@ -226,21 +233,23 @@ def _run_rgb_fusion(cfg: ClassifyConfig, index: ClipIndex, train_clips: list[Cli
         raise RunError(f"{len(tr)} training and {len(te)} test clips have RGB tokens; both "
                        "are needed for the fusion")
 
-    def arrays(clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
-        return (np.stack([rgb[c.key] for c in clips]),
-                skeleton_tokens(models, clips, skel.keypoints, cfg.data.frames, device))
+    def tokens(clips: list[Clip]) -> dict[str, np.ndarray]:
+        return {"rgb": np.stack([rgb[c.key] for c in clips]),
+                "skeleton": skeleton_tokens(models, clips, skel.keypoints, cfg.data.frames,
+                                            device)}
 
     t0 = time.perf_counter()
-    train = (*arrays(tr), np.array([c.label for c in tr]))
-    scores = run_heads(cfg.fusion, train, arrays(te), len(index.classes), out / "fusion",
-                       device, cfg.train.seed, progress)
+    heads = {"rgb": ("rgb",), "skeleton": ("skeleton",), "token": ("rgb", "skeleton")}
+    scores = run_heads(cfg.fusion, heads, tokens(tr), np.array([c.label for c in tr]),
+                       tokens(te), len(index.classes), out / "fusion", device, cfg.train.seed,
+                       progress)
     labels = np.array([c.label for c in te])
     metrics["fusion"] = {m: classification_report(s, labels, index.classes)
                          for m, s in scores.items()}
     metrics["fusion"]["rgb_featureset"] = str(fs.path)
     metrics["fusion"]["minutes"] = (time.perf_counter() - t0) / 60
     metrics["final"] = {**metrics["fusion"]["token"], "source": "fusion.token"}
-    return te, scores["token"]
+    return te, scores["token"], rgb
 
 
 def write_miga_csv(path: Path, clips: list[Clip], scores: np.ndarray, index: ClipIndex) -> None:
@@ -265,6 +274,14 @@ def write_ablation_table(path: Path, metrics: dict) -> None:
     lines = ["| model | top-1 | top-5 | mean class | clips |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {100 * r['top1']:.2f} | {100 * r['top5']:.2f} | "
               f"{100 * r['mean_class_accuracy']:.2f} | {r['clips']} |" for n, r in rows]
+    if "emotion" in metrics:
+        names = {"face": "face only (SwinFace)", "context": "context only (MViTv2-S)",
+                 "late": "late fusion (mean softmax)", "interfusion": "InterFusion"}
+        lines += ["", "Emotion (win / lose per test video):", "",
+                  "| model | accuracy | F1 (win) | AUROC | videos |", "|---|---|---|---|---|"]
+        lines += [f"| {names[h]} | {100 * r['accuracy']:.2f} | {100 * r['f1']:.2f} | "
+                  f"{r['auroc']:.3f} | {r['videos']} |"
+                  for h, r in metrics["emotion"].items() if h in names]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -275,4 +292,9 @@ def format_metrics(metrics: dict) -> str:
     for name, rep in [*metrics["streams"].items(), ("fused", metrics["fused"]), *fusion]:
         lines.append(f"{name:>6}: top-1 {100 * rep['top1']:.2f}  top-5 {100 * rep['top5']:.2f}  "
                      f"mean class {100 * rep['mean_class_accuracy']:.2f}  ({rep['clips']} clips)")
+    for h in ("face", "context", "late", "interfusion"):
+        if h in metrics.get("emotion", {}):
+            r = metrics["emotion"][h]
+            lines.append(f"emotion {h:>11}: accuracy {100 * r['accuracy']:.2f}  F1 "
+                         f"{100 * r['f1']:.2f}  AUROC {r['auroc']:.3f}  ({r['videos']} videos)")
     return "\n".join(lines)

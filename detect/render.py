@@ -317,6 +317,7 @@ def pose_track(
     rng: np.random.Generator,
     idle: float = 1.0,
     posture: dict[str, tuple[float, float]] | None = None,
+    mouth: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Pixel positions of every joint in every frame: {joint: (T, 2) float64 x, y}.
 
@@ -431,8 +432,11 @@ def make_look(size: tuple[int, int], rng: np.random.Generator) -> Look:
     )
 
 
-def draw_frames(joints: dict[str, np.ndarray], look: Look, unit: float) -> np.ndarray:
-    """Frames showing the figure in the given poses: joints {name: (N, 2)} -> (N, H, W, 3) uint8."""
+def draw_frames(joints: dict[str, np.ndarray], look: Look, unit: float,
+                mouth: float | None = None) -> np.ndarray:
+    """Frames showing the figure in the given poses: joints {name: (N, 2)} -> (N, H, W, 3) uint8.
+
+    mouth: None draws no mouth; +1 a smile (corners up) ... -1 corners down."""
     n = next(iter(joints.values())).shape[0]
     canvas = np.repeat(look.background[None], n, axis=0)
     j = joints
@@ -453,6 +457,11 @@ def draw_frames(joints: dict[str, np.ndarray], look: Look, unit: float) -> np.nd
     cap(j["head"], j["head"], 8.0, look.skin)
     cap(j["head"] + [-3.0 * unit, -unit], j["head"] + [-3.0 * unit, -unit], 0.9, look.eyes)
     cap(j["head"] + [3.0 * unit, -unit], j["head"] + [3.0 * unit, -unit], 0.9, look.eyes)
+    if mouth is not None:
+        centre = j["head"] + [0.0, 3.5 * unit]
+        for side in (-1.0, 1.0):
+            cap(j["head"] + [side * 3.0 * unit, (3.5 - 1.5 * mouth) * unit], centre, 0.6,
+                look.eyes)
     for side in ("R", "L"):
         cap(j[f"shoulder_{side}"], j[f"elbow_{side}"], 3.0, look.sleeve)
         cap(j[f"elbow_{side}"], j[f"hand_{side}"], 2.5, look.sleeve)
@@ -514,11 +523,12 @@ def render_video(
     skeleton: Path | None = None,
     idle: float = 1.0,
     posture: dict[str, tuple[float, float]] | None = None,
+    mouth: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Render one video of `plan` to `path` (mp4); returns the joints {name: (T, 2) pixels}.
 
     skeleton: where to write the joints as CSV (header, then x,y of each joint per frame).
-    posture: see `pose_track`.
+    posture: see `pose_track`; mouth: see `draw_frames`.
     """
     w, h = _check_size(size)
     rng = np.random.default_rng([seed, 1])
@@ -533,7 +543,7 @@ def render_video(
     def batches():
         for f0 in range(0, num_frames, CHUNK):
             f1 = min(f0 + CHUNK, num_frames)
-            yield draw_frames({k: v[f0:f1] for k, v in joints.items()}, look, unit)
+            yield draw_frames({k: v[f0:f1] for k, v in joints.items()}, look, unit, mouth)
             if progress is not None:
                 progress.update(f1 - f0)
 

@@ -1,10 +1,11 @@
 """Cross-Modal Token Fusion over cached clip tokens, and its single-modality ablations.
 
-mode "token": each modality's tokens are projected to `dim` (plus a learned position and
-modality embedding); every layer lets skeleton tokens attend to RGB tokens and RGB tokens to
-skeleton tokens (both from the previous layer's states), then runs an MLP on each. The two pooled
-token sets are concatenated and classified. Modes "rgb" and "skeleton" use self-attention layers
-on one modality alone (the same depth), so the ablation changes only what is attended to.
+With two modalities (RGB and skeleton for the clip classes; face and context for emotion, where
+this is our InterFusion) each modality's tokens are projected to `dim` (plus a learned position
+embedding); every layer lets the tokens of each attend to the other's (both from the previous
+layer's states), then runs an MLP on each. The two pooled token sets are concatenated and
+classified. A one-modality head uses self-attention layers of the same depth on it alone, so an
+ablation changes only what is attended to.
 """
 
 from __future__ import annotations
@@ -60,17 +61,17 @@ class Embed(nn.Module):
 
 
 class FusionClassifier(nn.Module):
-    """rgb (B, Nr, Cr) and skeleton (B, Ns, Cs) tokens -> logits (B, classes); see the module
-    docstring for `mode` ("token", "rgb" or "skeleton")."""
+    """Tokens {modality: (B, N_m, C_m)} -> logits (B, classes).
 
-    def __init__(self, cfg: FusionConfig, mode: str, num_classes: int,
-                 rgb_shape: tuple[int, int], skeleton_shape: tuple[int, int]) -> None:
+    uses: one modality (self-attention layers on it alone) or two (cross-modal token fusion: each
+    modality's tokens attend to the other's, from the previous layer's states)."""
+
+    def __init__(self, cfg: FusionConfig, uses: tuple[str, ...], num_classes: int,
+                 shapes: dict[str, tuple[int, int]]) -> None:
         super().__init__()
-        if mode not in ("token", "rgb", "skeleton"):
-            raise ValueError(f"fusion mode must be token, rgb or skeleton, got {mode!r}")
-        self.mode = mode
-        uses = {"token": ("rgb", "skeleton"), "rgb": ("rgb",), "skeleton": ("skeleton",)}[mode]
-        shapes = {"rgb": rgb_shape, "skeleton": skeleton_shape}
+        if len(uses) not in (1, 2) or len(set(uses)) != len(uses):
+            raise ValueError(f"a fusion head uses one or two modalities, got {uses!r}")
+        self.uses = tuple(uses)
         self.embed = nn.ModuleDict({m: Embed(shapes[m][1], shapes[m][0], cfg.dim) for m in uses})
         self.layers = nn.ModuleList(
             nn.ModuleDict({m: AttentionBlock(cfg.dim, cfg.heads, cfg.dropout) for m in uses})
@@ -79,13 +80,13 @@ class FusionClassifier(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.dim * len(uses), num_classes)
 
-    def forward(self, rgb: Tensor, skeleton: Tensor) -> Tensor:
-        x = {m: self.embed[m](rgb if m == "rgb" else skeleton) for m in self.embed}
+    def forward(self, tokens: dict[str, Tensor]) -> Tensor:
+        x = {m: self.embed[m](tokens[m]) for m in self.uses}
         for layer in self.layers:
-            if self.mode == "token":
-                x = {"rgb": layer["rgb"](x["rgb"], x["skeleton"]),
-                     "skeleton": layer["skeleton"](x["skeleton"], x["rgb"])}
+            if len(self.uses) == 2:
+                a, b = self.uses
+                x = {a: layer[a](x[a], x[b]), b: layer[b](x[b], x[a])}
             else:
                 x = {m: layer[m](v, v) for m, v in x.items()}
-        pooled = torch.cat([x[m].mean(1) for m in self.embed], -1)
+        pooled = torch.cat([x[m].mean(1) for m in self.uses], -1)
         return self.fc(self.drop(self.norm(pooled)))

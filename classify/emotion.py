@@ -1,0 +1,127 @@
+"""Emotion (win / lose per interview video) from the face and its context: SwinFace face tokens
+and MViTv2-S context tokens joined by InterFusion; accuracy, F1 and AUROC over test videos.
+
+Per clip: `face_frames` face crops (bin centres of the clip, boxes from the OpenPose keypoints,
+`classify.faces`) through SwinFace's Swin-T at 112 give the face tokens (face_frames, 768), cached
+as `cache/face/<key>/` under the token-cache contract; the clip's MViT tokens
+(`classify.rgb_tokens`) are its context. Every clip of a training video is a sample labelled with
+its video's outcome;
+a test video's p(win) is the mean over its clips. Heads: face only, context only, late (mean of
+the two) and InterFusion (cross-attention between face and context tokens; the published module's
+details were not available to us, so this is our reading of "interactive fusion").
+
+Split: the official emotion protocol lists 102 training and 100 test videos in a PDF we do not
+have; we use the cross-subject split of the clips (train subjects' videos train).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from classify.clips import Clip, ClipIndex
+from classify.faces import crop_faces, face_boxes
+from classify.fusion_train import run_heads
+from classify.metrics import binary_report
+from classify.model.fusion import FusionConfig
+from classify.rgb_tokens import clip_frame_indices
+from classify.swin import build_swinface, face_input
+from classify.token_cache import cache_clip_tokens, load_clip_tokens
+from extract.cache import FeatureSet, atomic_write_bytes
+
+HEADS = {"face": ("face",), "context": ("context",), "interfusion": ("face", "context")}
+
+
+@dataclass
+class EmotionConfig:
+    enabled: bool = False  # needs rgb.enabled: the clips' MViT tokens are the context
+    face_weights: str = ""  # a SwinFace checkpoint path, or "random" (on purpose)
+    face_frames: int = 4  # face crops per clip
+    cache: str = "cache/face"
+    batch_size: int = 32
+    seed: int = 0  # of random face weights
+    fusion: FusionConfig = field(default_factory=lambda: FusionConfig(epochs=20))
+
+
+def extract_face_tokens(index: ClipIndex, keypoints: dict[str, np.ndarray], root: Path,
+                        cfg: EmotionConfig, progress: bool = True) -> FeatureSet:
+    """Face tokens (N, face_frames, 768) of every clip of every video with an mp4, under `root`."""
+    model, weights = build_swinface(cfg.face_weights, cfg.seed)
+    settings = {"model": "swinface_swin_t_112", "weights": weights.label,
+                "sha256": weights.sha256, "frames": cfg.face_frames, "sampling": "bin-centre",
+                "crop": "openpose-face-box-1.4", "format": 1}
+    fs = FeatureSet.create(Path(root), "swinface", settings)
+
+    @torch.inference_mode()
+    def embed(vid: str, clips: list[Clip], idx: list[np.ndarray], frames: dict[int, np.ndarray],
+              bar: tqdm) -> np.ndarray:
+        kp = keypoints.get(vid)
+        if kp is None:
+            raise ValueError(f"video {vid}: no skeleton, so no face boxes")
+        try:
+            boxes = face_boxes(kp)
+        except ValueError as e:
+            raise ValueError(f"video {vid}: {e}") from e
+        flat = np.concatenate(idx)
+        crops = crop_faces(np.stack([frames[int(i)] for i in flat]),
+                           boxes[np.minimum(flat, len(boxes) - 1)])
+        out = [model(face_input(crops[b:b + cfg.batch_size])).float().numpy()
+               for b in range(0, len(crops), cfg.batch_size)]
+        bar.update(len(clips))
+        return np.concatenate(out).reshape(len(clips), cfg.face_frames, -1)
+
+    return cache_clip_tokens(index, fs, lambda c: clip_frame_indices(c, cfg.face_frames), embed,
+                             "face tokens", progress)
+
+
+def video_scores(clips: list[Clip], p_win: np.ndarray) -> dict[str, float]:
+    """{video: mean p(win) of its clips}."""
+    sums: dict[str, list[float]] = {}
+    for c, p in zip(clips, p_win, strict=True):
+        sums.setdefault(c.video, []).append(float(p))
+    return {v: float(np.mean(ps)) for v, ps in sorted(sums.items())}
+
+
+def run_emotion(cfg: EmotionConfig, index: ClipIndex, train_clips: list[Clip],
+                test_clips: list[Clip], keypoints: dict[str, np.ndarray],
+                rgb: dict[str, np.ndarray], out: Path, device: torch.device,
+                progress: bool = True) -> dict:
+    """Train the emotion heads; returns {head: video-level report} (see the module docstring),
+    and writes `out/emotion_predictions.csv` (video, outcome, p(win) of every head)."""
+    fs = extract_face_tokens(index, keypoints, Path(cfg.cache), cfg, progress)
+    face = load_clip_tokens(fs, train_clips + test_clips)
+    tr = [c for c in train_clips if c.key in face and c.key in rgb and c.video in index.outcomes]
+    te = [c for c in test_clips if c.key in face and c.key in rgb and c.video in index.outcomes]
+    if not tr or not te:
+        raise ValueError(f"{len(tr)} training and {len(te)} test clips have face and context "
+                         "tokens and a win/lose label; both are needed for emotion")
+
+    def tokens(clips: list[Clip]) -> dict[str, np.ndarray]:
+        return {"face": np.stack([face[c.key] for c in clips]),
+                "context": np.stack([rgb[c.key] for c in clips])}
+
+    win = np.array([int(index.outcomes[c.video] == "win") for c in tr])
+    scores = run_heads(cfg.fusion, HEADS, tokens(tr), win, tokens(te), 2, Path(out) / "emotion",
+                       device, cfg.seed, progress)
+    per_video = {h: video_scores(te, s[:, 1]) for h, s in scores.items()}
+    videos = list(per_video["interfusion"])
+    truth = np.array([int(index.outcomes[v] == "win") for v in videos])
+    report: dict = {}
+    for h, pv in per_video.items():
+        report[h] = binary_report(np.array([pv[v] for v in videos]), truth)
+        clip_truth = np.array([int(index.outcomes[c.video] == "win") for c in te])
+        report[h]["clip_accuracy"] = float(((scores[h][:, 1] >= 0.5) == clip_truth).mean())
+    report["face_featureset"] = str(fs.path)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["video", "outcome", *[f"p_win_{h}" for h in per_video]])
+    for v in videos:
+        w.writerow([v, index.outcomes[v], *[f"{per_video[h][v]:.4f}" for h in per_video]])
+    atomic_write_bytes(Path(out) / "emotion_predictions.csv", buf.getvalue().encode())
+    return report
