@@ -75,7 +75,15 @@ class ModelConfig:
     # they are 70% of the paper model's activation memory (bench/model.py).
     checkpoint_mixing: bool = True
     dropout: float = 0.1
+    # Dropout on the standardised input features (training only): with frozen features the
+    # detector memorises a small training set (bench/results/ablations-small-3seeds.md).
+    input_dropout: float = 0.0
     query_mixer: str = "mamba_mhsa"  # "mamba_mhsa" | "mhsa" (the PointTAD baseline)
+    # Residual temporal conv blocks over the projected features before the decoder and the dense
+    # head (0 = PointTAD, whose I3D is trained end to end). Two layers did not help on SMG-like
+    # cached features (bench/results/ablations-small-3seeds.md).
+    encoder_layers: int = 0
+    encoder_kernel: int = 3
     mamba: MambaConfig = field(default_factory=MambaConfig)
 
 
@@ -91,6 +99,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     l1_weight: float = 5.0
     iou_weight: float = 5.0
+    iou_loss: str = "iou"  # "iou" (PointTAD) | "giou" | "diou" (detect.ops.paired_iou_loss)
     dense_weight: float = 10.0
     aux: bool = True  # losses on every decoder layer
 
@@ -110,6 +119,9 @@ class TrainConfig:
     num_workers: int = 0
     select_metric: str = "f1_miga"  # best checkpoint on val by this metric
     grad_accum: int = 1  # batches whose gradients add up before one optimiser step
+    # > 0: evaluate, select and save an exponential moving average of the weights with this
+    # decay per optimiser step (detect/ema.py); 0 uses the raw weights.
+    ema: float = 0.0
 
 
 @dataclass
@@ -164,6 +176,7 @@ class BackboneConfig:
 
 MODES = ("features", "e2e")
 MIXINGS = ("lean", "full")
+IOU_LOSSES = ("iou", "giou", "diou")
 
 
 @dataclass
@@ -182,8 +195,21 @@ def check_config(cfg: Config) -> None:
     """Value checks that types cannot express; raises ConfigError naming the key."""
     if cfg.mode not in MODES:
         raise ConfigError(f"mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.loss.iou_loss not in IOU_LOSSES:
+        raise ConfigError(
+            f"loss.iou_loss: {cfg.loss.iou_loss!r} is not one of {', '.join(IOU_LOSSES)}"
+        )
     if cfg.model.mixing not in MIXINGS:
         raise ConfigError(f"model.mixing: {cfg.model.mixing!r} is not one of {', '.join(MIXINGS)}")
+    if not 0.0 <= cfg.model.input_dropout < 1.0:
+        raise ConfigError(f"model.input_dropout must be in [0, 1), got {cfg.model.input_dropout}")
+    if cfg.model.encoder_layers < 0:
+        raise ConfigError(f"model.encoder_layers must be >= 0, got {cfg.model.encoder_layers}")
+    if cfg.model.encoder_kernel < 1 or cfg.model.encoder_kernel % 2 == 0:
+        raise ConfigError(
+            f"model.encoder_kernel must be odd and >= 1 (same-length output), got "
+            f"{cfg.model.encoder_kernel}"
+        )
     if min(cfg.model.mix_rank, cfg.model.mix_point_dim) < 1:
         raise ConfigError("model.mix_rank and model.mix_point_dim must be >= 1")
     if not 0 <= cfg.data.eval_overlap < 1:
@@ -192,6 +218,8 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"eval.top_k: must be >= 1, got {cfg.eval.top_k}")
     if not 0 <= cfg.eval.dense_fusion <= 1:
         raise ConfigError(f"eval.dense_fusion: must be in [0, 1], got {cfg.eval.dense_fusion}")
+    if not 0.0 <= cfg.train.ema < 1.0:
+        raise ConfigError(f"train.ema: the EMA decay must be in [0, 1), got {cfg.train.ema}")
     if cfg.train.grad_accum < 1:
         raise ConfigError(f"train.grad_accum: must be >= 1, got {cfg.train.grad_accum}")
     if not 0 <= cfg.backbone.frozen_stages <= 5:

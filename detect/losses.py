@@ -10,7 +10,8 @@ matching:
   over queries and classes and divided by num_gt (Deformable DETR's normalisation); the background
   logit (index C) is then unused and gets no gradient.
 - `loss_l1`: L1 between matched (centre, length) pairs, unclamped, summed / num_gt.
-- `loss_iou`: 1 - tIoU of matched pairs (prediction clamped to [0, 1]), summed / num_gt.
+- `loss_iou`: 1 - tIoU of matched pairs (prediction clamped to [0, 1]), summed / num_gt; with
+  `loss.iou_loss` "giou" or "diou" the generalised or distance IoU loss (`ops.paired_iou_loss`).
 
 Once: `loss_dense`, BCE-with-logits (mean over B, W, C) of the dense head.
 
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from detect.config import LossConfig
 from detect.matching import HungarianMatcher, Match, check_targets
-from detect.ops import paired_tiou, se_to_cl
+from detect.ops import paired_iou_loss, se_to_cl
 
 
 def sigmoid_focal_loss(
@@ -141,15 +142,14 @@ class SetCriterion:
         weight[-1] = self.cfg.background_weight
         return F.cross_entropy(logits.reshape(-1, c1), target.reshape(-1), weight=weight)
 
-    @staticmethod
     def _segment_losses(
-        segments: Tensor, index: Tensor, gt_segments: Tensor, num_gt: Tensor
+        self, segments: Tensor, index: Tensor, gt_segments: Tensor, num_gt: Tensor
     ) -> tuple[Tensor, Tensor]:
         """segments (B, Nq, 2) start/end, index (3, K), gt_segments (T, 2) -> (L1, IoU loss)."""
         pred = segments[index[0], index[1]].float()
         gt = gt_segments[index[2]]
         l1 = (se_to_cl(pred) - se_to_cl(gt)).abs().sum() / num_gt
-        iou = (1 - paired_tiou(pred.clamp(0, 1), gt)).sum() / num_gt
+        iou = paired_iou_loss(pred.clamp(0, 1), gt, self.cfg.iou_loss).sum() / num_gt
         return l1, iou
 
     def __call__(

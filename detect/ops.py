@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from detect.config import IOU_LOSSES
+
 TIOU_EPS = 1e-8  # in the union, as PointTAD's training tIoU: keeps 0/0 (two empty segments) at 0
 
 
@@ -73,3 +75,28 @@ def paired_tiou(a: Tensor, b: Tensor, eps: float = TIOU_EPS) -> Tensor:
     len_b = (b[:, 1] - b[:, 0]).clamp(min=0)
     inter = (torch.minimum(a[:, 1], b[:, 1]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
     return inter / (len_a + len_b - inter + eps)
+
+
+def paired_iou_loss(a: Tensor, b: Tensor, kind: str = "iou", eps: float = TIOU_EPS) -> Tensor:
+    """Per-pair segment regression loss of matched segments `a`, `b` (N, 2) -> (N,).
+
+    "iou": 1 - tIoU (PointTAD; no gradient while a pair does not overlap). "giou": 1 - tIoU +
+    (C - U) / C, C the length of the smallest segment enclosing both, U their union. "diou":
+    1 - tIoU + (centre distance / C)^2 (as ActionFormer's 1-D DIoU). Both extras pull
+    non-overlapping pairs together, which matters for short instances whose first predictions
+    rarely overlap them.
+    """
+    if kind not in IOU_LOSSES:
+        raise ValueError(f"iou loss must be one of {', '.join(IOU_LOSSES)}, got {kind!r}")
+    iou = paired_tiou(a, b, eps)
+    if kind == "iou":
+        return 1 - iou
+    enclose = (torch.maximum(a[:, 1], b[:, 1]) - torch.minimum(a[:, 0], b[:, 0])).clamp(min=0)
+    if kind == "giou":
+        len_a = (a[:, 1] - a[:, 0]).clamp(min=0)
+        len_b = (b[:, 1] - b[:, 0]).clamp(min=0)
+        inter = (torch.minimum(a[:, 1], b[:, 1]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+        union = len_a + len_b - inter
+        return 1 - iou + (enclose - union) / (enclose + eps)
+    centre = (a[:, 0] + a[:, 1] - b[:, 0] - b[:, 1]) / 2
+    return 1 - iou + centre.square() / (enclose.square() + eps)

@@ -34,6 +34,7 @@ from detect.e2e import (
     run_model,
     window_dataset,
 )
+from detect.ema import WeightEMA
 from detect.evaluate import evaluate_subset
 from detect.losses import SetCriterion
 from detect.model.detector import Detector, parameter_groups
@@ -214,10 +215,13 @@ def train(
     optim = torch.optim.AdamW(groups, lr=cfg.train.lr)
     sched = torch.optim.lr_scheduler.StepLR(optim, cfg.train.lr_step, cfg.train.lr_gamma)
 
+    ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     start_epoch, best_metric, best_epoch = 0, -math.inf, -1
     if resume and (out / LAST).is_file():
         ck = load_checkpoint(out / LAST)
-        model.load_state_dict(ck["model"])
+        model.load_state_dict(ck["raw_model"] if ema is not None else ck["model"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         optim.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start_epoch, best_metric, best_epoch = ck["epoch"] + 1, ck["best_metric"], ck["best_epoch"]
@@ -283,6 +287,8 @@ def train(
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in model.parameters() if p.requires_grad], cfg.train.clip_grad)
                 optim.step()
+                if ema is not None:
+                    ema.update(model)
             steps += 1
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -294,20 +300,24 @@ def train(
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_windows": len(indices)}
         row.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
         if ddp.main:
+            # The weights that are evaluated, selected and saved as "model".
+            final = ema.module if ema is not None else model
             metrics = {}
             if val_ds is not None:
-                metrics, _ = evaluate_subset(model, val_ds, ann, cfg, device, threshold=None)
+                metrics, _ = evaluate_subset(final, val_ds, ann, cfg, device, threshold=None)
                 row.update({f"val_{k}": metrics[k] for k in ("f1_miga", "f1_strict", "map")})
             current = metrics.get(cfg.train.select_metric, -row["train_loss"])
             if current >= best_metric:  # ties go to the later, longer-trained epoch
                 best_metric, best_epoch = current, epoch + 1
-                save_checkpoint(out / BEST, _checkpoint(model, cfg, ann, in_dim, res4_dim, epoch,
+                save_checkpoint(out / BEST, _checkpoint(final, cfg, ann, in_dim, res4_dim, epoch,
                                                         best_metric, best_epoch))
             row["seconds"] = round(time.time() - t0, 3)
             append_metrics_row(out, row)
-            state = _checkpoint(model, cfg, ann, in_dim, res4_dim, epoch, best_metric, best_epoch)
+            state = _checkpoint(final, cfg, ann, in_dim, res4_dim, epoch, best_metric, best_epoch)
             state.update(optimizer=optim.state_dict(), scheduler=sched.state_dict(),
                          rng=_rng_state())
+            if ema is not None:
+                state.update(raw_model=model.state_dict(), ema=ema.state_dict())
             save_checkpoint(out / LAST, state)
             if progress:
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))

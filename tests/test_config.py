@@ -108,3 +108,14 @@ def test_a_missing_base_names_the_file_that_refers_to_it(tmp_path):
         load_config(child)
     msg = str(e.value)
     assert msg.startswith(f"{child}: base config '../smg.toml' not found"), msg
+
+
+@pytest.mark.parametrize("override, msg", [
+    ("model.encoder_layers=-1", "model.encoder_layers must be >= 0"),
+    ("model.encoder_kernel=4", "model.encoder_kernel must be odd"),
+    ("loss.iou_loss=l2", "loss.iou_loss.*not one of iou, giou, diou"),
+])
+def test_bad_encoder_settings_are_named(override, msg):
+    from detect.config import check_config
+    with pytest.raises(ConfigError, match=msg):
+        check_config(load_config(None, [override]))

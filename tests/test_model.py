@@ -365,3 +365,52 @@ def test_lean_mixing_parameters_at_the_paper_config():
     paper = Detector(dataclasses.replace(ModelConfig(), mixing="full"), 2048, 17)
     mixing = sum(count_parameters(m) for m in paper.modules() if isinstance(m, DynamicMixing))
     assert 0.8 < mixing / count_parameters(paper) < 0.9
+
+
+@pytest.mark.parametrize("layers, kernel", [(2, 3), (1, 5)])
+def test_temporal_encoder_matches_a_loop_and_has_its_receptive_field(layers, kernel):
+    torch.manual_seed(5)
+    model = Detector(tiny_cfg(encoder_layers=layers, encoder_kernel=kernel), IN_DIM, C).eval()
+    enc = model.encoder
+    x = torch.randn(2, 20, 32, dtype=torch.float64)
+    enc = enc.double()
+    # Reference: each block as an explicit per-step sum over the kernel taps, zero padded.
+    ref = x.clone()
+    r = kernel // 2
+    for conv, norm in zip(enc.convs, enc.norms, strict=True):
+        pad = F.pad(ref, (0, 0, r, r))
+        y = torch.stack([
+            sum(pad[:, t + j] @ conv.weight[:, :, j].T for j in range(kernel)) + conv.bias
+            for t in range(ref.shape[1])
+        ], dim=1)
+        ref = ref + F.gelu(F.layer_norm(y, (32,), norm.weight, norm.bias, norm.eps))
+    torch.testing.assert_close(enc(x), ref)
+    # A change at step 10 reaches exactly layers * (kernel // 2) steps on either side.
+    x2 = x.clone()
+    x2[:, 10] += 1.0
+    changed = (enc(x2) - enc(x)).abs().amax(dim=(0, 2)) > 0
+    reach = layers * r
+    assert changed.nonzero().flatten().tolist() == list(range(10 - reach, 10 + reach + 1))
+    # The detector's dense head reads the encoded features.
+    feats = torch.randn(1, 20, IN_DIM)
+    model.float()
+    expected = model.dense_head(model.encoder(model.project(feats)))
+    torch.testing.assert_close(model(feats)["dense_logits"], expected)
+    assert Detector(tiny_cfg(), IN_DIM, C).encoder is None
+
+
+def test_input_dropout_acts_in_training_only():
+    torch.manual_seed(6)
+    model = Detector(tiny_cfg(input_dropout=0.5), IN_DIM, C)
+    plain = Detector(tiny_cfg(), IN_DIM, C)
+    plain.load_state_dict(model.state_dict())  # same parameters: dropout adds none
+    x = torch.randn(2, 16, IN_DIM)
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x)["logits"], plain(x)["logits"], rtol=0, atol=0)
+    model.train()
+    p = model.project(x)
+    # About half of the standardised inputs are zeroed, the rest scaled by 2.
+    kept = model.input_drop(torch.ones(10_000, IN_DIM))
+    assert set(kept.unique().tolist()) == {0.0, 2.0}
+    assert 0.45 < (kept == 0).float().mean().item() < 0.55
+    assert not torch.allclose(p, plain.project(x))

@@ -89,3 +89,42 @@ def test_zero_length_segments_give_finite_gradients():
 def test_bad_shapes_are_clear_errors(fn, args):
     with pytest.raises(ValueError, match=r"\(.*2\)"):
         fn(*args)
+
+
+def _iou_loss_reference(a, b, kind):
+    """One pair at a time in float64, from the definitions."""
+    out = []
+    for (s1, e1), (s2, e2) in zip(a.tolist(), b.tolist(), strict=True):
+        inter = max(0.0, min(e1, e2) - max(s1, s2))
+        union = (e1 - s1) + (e2 - s2) - inter
+        iou = inter / union if union > 0 else 0.0
+        c = max(e1, e2) - min(s1, s2)
+        if kind == "iou":
+            out.append(1 - iou)
+        elif kind == "giou":
+            out.append(1 - iou + (c - union) / c)
+        else:
+            out.append(1 - iou + (((s1 + e1) - (s2 + e2)) / 2) ** 2 / c**2)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["iou", "giou", "diou"])
+def test_paired_iou_losses_match_the_definitions_and_pull_disjoint_pairs(kind):
+    from detect.ops import paired_iou_loss
+    torch.manual_seed(0)
+    s = torch.rand(50, 2, dtype=torch.float64)
+    a = torch.stack([s.min(1).values, s.max(1).values], 1)
+    s = torch.rand(50, 2, dtype=torch.float64)
+    b = torch.stack([s.min(1).values, s.max(1).values], 1)
+    torch.testing.assert_close(paired_iou_loss(a, b, kind), _iou_loss_reference(a, b, kind),
+                               rtol=1e-6, atol=1e-6)
+    # Hand case: [0, 1] vs [2, 3]: IoU 0, C = 3, U = 2, centre distance 2.
+    x, y = torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 3.0]], requires_grad=True)
+    expect = {"iou": 1.0, "giou": 1 + 1 / 3, "diou": 1 + 4 / 9}[kind]
+    loss = paired_iou_loss(x, y, kind)
+    assert loss.item() == pytest.approx(expect, rel=1e-6)
+    loss.sum().backward()
+    moves = bool(y.grad.abs().sum() > 0)
+    assert moves == (kind != "iou")  # only the generalised losses pull disjoint pairs together
+    with pytest.raises(ValueError, match="iou loss must be one of"):
+        paired_iou_loss(x, x, "l2")

@@ -32,9 +32,10 @@ TINY = [
 ]
 
 
-def test_resume_reaches_the_same_result(tiny_set, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.99], ids=["raw", "ema"])
+def test_resume_reaches_the_same_result(tiny_set, tmp_path, ema):
     fs, ann = tiny_set
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, [*TINY, f"train.ema={ema}"])
     train(cfg, fs.path, ann, tmp_path / "full", progress=False)
     train(cfg, fs.path, ann, tmp_path / "cut", progress=False, max_epochs=1)
     assert load_checkpoint(tmp_path / "cut" / LAST)["epoch"] == 0
@@ -48,6 +49,15 @@ def test_resume_reaches_the_same_result(tiny_set, tmp_path):
     assert a["threshold"] == b["threshold"] and a["best_epoch"] == b["best_epoch"]
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    last = load_checkpoint(tmp_path / "cut" / LAST)
+    if ema:
+        # "model" holds the averaged weights that were evaluated; the raw ones resume training.
+        w = "query_points"
+        assert last["ema"]["steps"] > 0
+        torch.testing.assert_close(last["model"][w], last["ema"]["module"][w], rtol=0, atol=0)
+        assert not torch.equal(last["model"][w], last["raw_model"][w])
+    else:
+        assert "ema" not in last and "raw_model" not in last
 
 
 def test_refuses_existing_run_and_mismatched_features(tiny_set, tmp_path):

@@ -66,12 +66,35 @@ class DenseHead(nn.Module):
         return self.conv2(self.drop(self.conv1(x.transpose(1, 2)))).transpose(1, 2)
 
 
+class TemporalEncoder(nn.Module):
+    """`layers` residual blocks x + GELU(LayerNorm(Conv1d_k(x))), (B, W, D) -> (B, W, D).
+
+    The zero padding of the convolutions sees a window's edges as silence; evaluation windows
+    overlap (data.eval_overlap) so every step is also seen away from an edge.
+    """
+
+    def __init__(self, dim: int, layers: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv1d(dim, dim, kernel_size=kernel, padding=kernel // 2) for _ in range(layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = x + nn.functional.gelu(norm(conv(x.transpose(1, 2)).transpose(1, 2)))
+        return x
+
+
 class Detector(nn.Module):
     """Query-point detector.
 
     forward(features (B, W, in_dim), res4 (B, W, res4_dim) | None) -> dict with
       logits (L, B, Nq, C+1), segments (L, B, Nq, 2) start/end in window time (unclamped),
       points (L, B, Nq, Ns), dense_logits (B, W, C).
+
+    The decoder and the dense head read the projected features, after `model.encoder_layers`
+    temporal conv blocks when there are any.
 
     Point update per layer l: P_l = P + offsets_l * 0.5 * len(P), len = segment length of the
     layer's input points P. P = the learned initial points for the first layer (so they learn);
@@ -93,6 +116,7 @@ class Detector(nn.Module):
         self.cfg = cfg
         self.in_dim, self.res4_dim, self.num_classes = in_dim, res4_dim, num_classes
         D = cfg.hidden_dim
+        self.input_drop = nn.Dropout(cfg.input_dropout)
         self.input_proj = nn.Linear(in_dim, D)
         self.res4_proj = nn.Linear(res4_dim, D) if res4_dim > 0 else None
         # Per-channel standardisation of the inputs (set from the training set by the trainer,
@@ -108,6 +132,8 @@ class Detector(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(cfg, num_classes, total_mamba) for _ in range(cfg.num_layers)
         )
+        self.encoder = (TemporalEncoder(D, cfg.encoder_layers, cfg.encoder_kernel)
+                        if cfg.encoder_layers else None)
         self.dense_head = DenseHead(D, num_classes)
 
     def project(self, features: Tensor, res4: Tensor | None = None) -> Tensor:
@@ -116,7 +142,7 @@ class Detector(nn.Module):
             raise ValueError(f"features must be (B, W, {self.in_dim}), got {tuple(features.shape)}")
         if features.shape[1] < 1:
             raise ValueError("features have an empty window (W = 0)")
-        x = self.input_proj((features - self.input_mean) / self.input_std)
+        x = self.input_proj(self.input_drop((features - self.input_mean) / self.input_std))
         if self.res4_proj is None:
             if res4 is not None:
                 raise ValueError("res4 features given but the detector was built with res4_dim=0")
@@ -128,7 +154,7 @@ class Detector(nn.Module):
                 f"res4 must be (B, W, {self.res4_dim}) = {(*features.shape[:2], self.res4_dim)}, "
                 f"got {tuple(res4.shape)}"
             )
-        return x + self.res4_proj((res4 - self.res4_mean) / self.res4_std)
+        return x + self.res4_proj(self.input_drop((res4 - self.res4_mean) / self.res4_std))
 
     @torch.no_grad()
     def set_input_stats(self, mean: Tensor, std: Tensor, res4_mean: Tensor | None = None,
@@ -142,6 +168,8 @@ class Detector(nn.Module):
 
     def forward(self, features: Tensor, res4: Tensor | None = None) -> dict[str, Tensor]:
         x = self.project(features, res4)
+        if self.encoder is not None:
+            x = self.encoder(x)
         B = x.shape[0]
         q = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)
         points = self.query_points.unsqueeze(0).expand(B, -1, -1)
