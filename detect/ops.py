@@ -59,22 +59,28 @@ def segment_tiou(a: Tensor, b: Tensor, eps: float = TIOU_EPS) -> Tensor:
     return inter / (union + eps)
 
 
-def paired_tiou(a: Tensor, b: Tensor, eps: float = TIOU_EPS) -> Tensor:
-    """Element-wise temporal IoU of matched segments: `a` (N, 2), `b` (N, 2) -> (N,).
-
-    The diagonal of `segment_tiou(a, b)` without building the (N, N) matrix.
-    """
-    _check_pairs(a, "paired_tiou: a")
-    _check_pairs(b, "paired_tiou: b")
+def _paired_inter_union(a: Tensor, b: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """Overlap and union of matched segments `a`, `b` (N, 2) -> ((N,), (N,))."""
+    _check_pairs(a, f"{name}: a")
+    _check_pairs(b, f"{name}: b")
     if a.dim() != 2 or a.shape != b.shape:
         raise ValueError(
-            f"paired_tiou: expected a and b of the same shape (N, 2), got {tuple(a.shape)} and "
+            f"{name}: expected a and b of the same shape (N, 2), got {tuple(a.shape)} and "
             f"{tuple(b.shape)}"
         )
     len_a = (a[:, 1] - a[:, 0]).clamp(min=0)
     len_b = (b[:, 1] - b[:, 0]).clamp(min=0)
     inter = (torch.minimum(a[:, 1], b[:, 1]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    return inter / (len_a + len_b - inter + eps)
+    return inter, len_a + len_b - inter
+
+
+def paired_tiou(a: Tensor, b: Tensor, eps: float = TIOU_EPS) -> Tensor:
+    """Element-wise temporal IoU of matched segments: `a` (N, 2), `b` (N, 2) -> (N,).
+
+    The diagonal of `segment_tiou(a, b)` without building the (N, N) matrix.
+    """
+    inter, union = _paired_inter_union(a, b, "paired_tiou")
+    return inter / (union + eps)
 
 
 def paired_iou_loss(a: Tensor, b: Tensor, kind: str = "iou", eps: float = TIOU_EPS) -> Tensor:
@@ -88,15 +94,12 @@ def paired_iou_loss(a: Tensor, b: Tensor, kind: str = "iou", eps: float = TIOU_E
     """
     if kind not in IOU_LOSSES:
         raise ValueError(f"iou loss must be one of {', '.join(IOU_LOSSES)}, got {kind!r}")
-    iou = paired_tiou(a, b, eps)
+    inter, union = _paired_inter_union(a, b, "paired_iou_loss")
+    loss = 1 - inter / (union + eps)
     if kind == "iou":
-        return 1 - iou
+        return loss
     enclose = (torch.maximum(a[:, 1], b[:, 1]) - torch.minimum(a[:, 0], b[:, 0])).clamp(min=0)
     if kind == "giou":
-        len_a = (a[:, 1] - a[:, 0]).clamp(min=0)
-        len_b = (b[:, 1] - b[:, 0]).clamp(min=0)
-        inter = (torch.minimum(a[:, 1], b[:, 1]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-        union = len_a + len_b - inter
-        return 1 - iou + (enclose - union) / (enclose + eps)
+        return loss + (enclose - union) / (enclose + eps)
     centre = (a[:, 0] + a[:, 1] - b[:, 0] - b[:, 1]) / 2
-    return 1 - iou + centre.square() / (enclose.square() + eps)
+    return loss + centre.square() / (enclose.square() + eps)
