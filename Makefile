@@ -143,8 +143,9 @@ report: $(STAMP) ## HTML report of an evaluated run: make report RUN=runs/smg
 test: $(STAMP) ## run the test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP) ## print the benchmarks' figures (bench/*.py)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: $(STAMP) ## print the benchmarks' figures (python -m bench.NAME for each bench/NAME.py)
+	@for b in $(filter-out __init__ memtrack,$(basename $(notdir $(wildcard bench/*.py)))); do \
+	  echo "== python -m bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 lint: $(STAMP) ## ruff check
 	$(PY) -m ruff check .

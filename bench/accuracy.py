@@ -8,7 +8,7 @@ f1_strict / mAP, the detector's training minutes, and the ratios against the pro
 10 asks for (f1_strict >= 1.5x, mAP >= 2x, <= 10 CPU minutes of training), and writes them to
 bench/results/accuracy-<device>.json.
 
-    python bench/accuracy.py [--seeds 0,1,2] [--amplitude 0.75] [--config PATH] [--set k=v ...]
+    python -m bench.accuracy [--seeds 0,1,2] [--amplitude 0.75] [--config PATH] [--set k=v ...]
 """
 
 from __future__ import annotations
@@ -16,23 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from detect.baselines import BaselineConfig, run_baseline
+from detect.config import load_config
+from detect.evaluate import evaluate_run
+from detect.synth import synth_feature_set
+from detect.train import train
+from extract.config import config_to_dict
+from extract.io import read_metrics_rows
+from extract.provenance import versions
 
-from detect.baselines import BaselineConfig, run_baseline  # noqa: E402
-from detect.config import config_to_dict, load_config  # noqa: E402
-from detect.evaluate import evaluate_run  # noqa: E402
-from detect.rundir import read_metrics_rows  # noqa: E402
-from detect.synth import synth_feature_set  # noqa: E402
-from detect.train import train  # noqa: E402
-from extract.provenance import versions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 METRICS = ("f1_miga", "f1_strict", "map")
 

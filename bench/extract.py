@@ -6,8 +6,8 @@
 
 and the peak RSS of a subprocess extracting a short and a 10x longer video (must stay flat).
 
-    python bench/extract.py                      # CPU default, crop 112, about 3-5 minutes
-    python bench/extract.py --crop 224 --short-side 256 --seconds 120 --device cuda
+    python -m bench.extract                      # CPU default, crop 112, about 3-5 minutes
+    python -m bench.extract --crop 224 --short-side 256 --seconds 120 --device cuda
 """
 
 from __future__ import annotations
@@ -21,17 +21,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from extract.decode import DecodeSettings, FrameStream, decode_all, normalize
+from extract.i3d import ChunkedExtractor, RunOptions, build_backbone
+from extract.runtime import resolve_device
+from tests.videos import write_noise_video
 
-from extract.decode import DecodeSettings, FrameStream, decode_all, normalize  # noqa: E402
-from extract.i3d import (  # noqa: E402
-    ChunkedExtractor,
-    RunOptions,
-    build_backbone,
-    resolve_device,
-)
-from tests.videos import write_noise_video  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def full_extraction(path: Path, ex: ChunkedExtractor, settings: DecodeSettings) -> float:

@@ -16,15 +16,15 @@ nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 "$PY" -c "import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'device': torch.cuda.get_device_name()}))" > "$OUT/versions.json"
 status=0
 echo "== 1/3 extraction throughput (crop 224, 120 s video)"
-timeout 240 "$PY" bench/extract.py --device cuda --crop 224 --short-side 256 --seconds 120 \
+timeout 240 "$PY" -m bench.extract --device cuda --crop 224 --short-side 256 --seconds 120 \
   --skip-memory 2>&1 | tee "$OUT/extract.txt" || status=1
 echo "== 2/3 mamba-ssm parity and speed"
 "$PY" -c "import mamba_ssm" 2>/dev/null || timeout 300 "$PY" -m pip install -q -e '.[cuda]' \
   > "$OUT/mamba-install.txt" 2>&1 || echo "mamba-ssm did not install (see $OUT/mamba-install.txt)"
-timeout 120 "$PY" bench/mamba_cuda.py --json "$OUT/mamba_cuda.json" 2>&1 \
+timeout 120 "$PY" -m bench.mamba_cuda --json "$OUT/mamba_cuda.json" 2>&1 \
   | tee "$OUT/mamba_cuda.txt" || status=1
 echo "== 3/3 detector step times and memory"
-timeout 180 "$PY" bench/model.py --device cuda --repeats 10 --warmup 2 --json "$OUT/model.json" \
+timeout 180 "$PY" -m bench.model --device cuda --repeats 10 --warmup 2 --json "$OUT/model.json" \
   2>&1 | tee "$OUT/model.txt" || status=1
 echo "figures in $OUT"
 exit $status

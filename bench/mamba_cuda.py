@@ -5,7 +5,7 @@ gradient), then times forward + backward with each backend. Prints the figures a
 writes them. Without CUDA it says so and exits 0 (so `make bench` runs on a CPU); on CUDA without
 a usable mamba-ssm it exits 2 with the reason.
 
-    python bench/mamba_cuda.py [--json bench/results/mamba_cuda.json]
+    python -m bench.mamba_cuda [--json bench/results/mamba_cuda.json]
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detect.model.mamba import Mamba, MambaBackendError, check_cuda_parity  # noqa: E402
+from detect.model.mamba import Mamba, MambaBackendError, check_cuda_parity
 
 
 def main() -> None:

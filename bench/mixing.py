@@ -6,27 +6,25 @@ prints test f1_miga / f1_strict / mAP, parameters and seconds per run. The lean 
 paper config's reduction ratios scaled to this width (rank D/8, point dim 2D/16: 64 and 64 at
 D=512), so it is at least as lossy here as at the paper config.
 
-    python bench/mixing.py [--seeds 3,4] [--epochs 24] [--variants full,lean,lean-32-64]
+    python -m bench.mixing [--seeds 3,4] [--epochs 24] [--variants full,lean,lean-32-64]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from detect.config import load_config  # noqa: E402
-from detect.evaluate import evaluate_run  # noqa: E402
-from detect.model import count_parameters  # noqa: E402
-from detect.synth import synth_feature_set  # noqa: E402
-from detect.train import build_model, train  # noqa: E402
+from detect.config import load_config
+from detect.evaluate import evaluate_run
+from detect.model import count_parameters
+from detect.model.build import build_model
+from detect.synth import synth_feature_set
+from detect.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic-small.toml"
 

@@ -16,7 +16,7 @@ Variants (each in its own process, so its peak RSS is its own):
   mgdet-mhsa    MHSA + lean mixing (the Mamba blocks' own cost is mgdet / mgdet-mhsa)
   mgdet-full    Mamba-MHSA + full mixing (mgdet before the lean mixing)
 
-    python bench/model.py [--batch 8] [--window 128] [--repeats 5] [--threads 2] [--device cpu]
+    python -m bench.model [--batch 8] [--window 128] [--repeats 5] [--threads 2] [--device cpu]
                           [--variants pointtad,mgdet,...] [--json bench/results/model.json]
 
 It also prints one Mamba block's forward + backward with the scan before and after the hand-
@@ -37,13 +37,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.memtrack import LiveTensorBytes
+from detect.config import LossConfig, ModelConfig
+from detect.losses import SetCriterion
+from detect.model import Detector, count_parameters, parameter_groups
 
-from bench.memtrack import LiveTensorBytes  # noqa: E402
-from detect.config import LossConfig, ModelConfig  # noqa: E402
-from detect.losses import SetCriterion  # noqa: E402
-from detect.model import Detector, count_parameters, parameter_groups  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "pointtad": dict(query_mixer="mhsa", mixing="full"),

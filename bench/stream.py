@@ -5,7 +5,7 @@ Uses the demo's run and videos (`make demo` first: crop 112, configs/demo.toml, 
 detector, W = 64 steps): the first test video is streamed (as fast as it decodes, and with
 --realtime also paced at its own speed) at hop W/4 and hop W, and predicted offline.
 
-    python bench/stream.py [--run runs/demo] [--data data/synthetic] [--video V] [--realtime]
+    python -m bench.stream [--run runs/demo] [--data data/synthetic] [--video V] [--realtime]
                            [--threads 2] [--json bench/results/stream-cpu.json]
 
 Real-time factor = wall seconds / video seconds (below 1: faster than the video plays).
@@ -28,16 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from detect.annotations import Annotations, VideoAnnotations
+from detect.detections import Detections
+from detect.metrics import f1_strict
+from detect.predict import predict_videos
+from detect.rundir import read_run
+from detect.stream import StreamOptions, stream
+from extract.pipeline import video_id_from_path
 
-from detect.annotations import Annotations, VideoAnnotations  # noqa: E402
-from detect.datasets.smg import video_id_from_path  # noqa: E402
-from detect.metrics import f1_strict  # noqa: E402
-from detect.postprocess import Detections  # noqa: E402
-from detect.predict import predict_videos  # noqa: E402
-from detect.rundir import read_run  # noqa: E402
-from detect.stream import StreamOptions, stream  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def as_detections(lines: list[dict]) -> Detections:

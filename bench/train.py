@@ -8,8 +8,8 @@
     backbone settings) at crops 160 and 224: step time, peak memory, and the ratio to a
     feature-mode step of the same detector and window.
 
-    python bench/train.py [--steps 5] [--batch 8] [--skip-train] [--epochs N]
-    python bench/train.py --e2e [--e2e-window 16] [--steps 2]
+    python -m bench.train [--steps 5] [--batch 8] [--skip-train] [--epochs N]
+    python -m bench.train --e2e [--e2e-window 16] [--steps 2]
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-
-# bench/ holds extract.py: the repository root must come first on the path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detect.config import load_config
 from detect.evaluate import evaluate_run

@@ -47,7 +47,7 @@ def train(
 
 
 def main() -> None:
-    from detect.rundir import RunError
+    from extract.io import RunError
 
     try:
         app()

@@ -10,7 +10,7 @@ from classify.emotion import EmotionConfig
 from classify.model.agcn import AGCNConfig
 from classify.model.fusion import FusionConfig
 from classify.rgb_tokens import RGBConfig
-from detect.config import ConfigError, load_dataclass
+from extract.config import ConfigError, load_dataclass
 
 
 @dataclass

@@ -33,7 +33,8 @@ from classify.model.fusion import FusionConfig
 from classify.rgb_tokens import clip_frame_indices
 from classify.swin import build_swinface, face_input
 from classify.token_cache import cache_clip_tokens, load_clip_tokens
-from extract.cache import FeatureSet, atomic_write_bytes
+from extract.cache import FeatureSet
+from extract.io import atomic_write_bytes
 
 HEADS = {"face": ("face",), "context": ("context",), "interfusion": ("face", "context")}
 

@@ -25,7 +25,7 @@ from classify.clips import Clip
 from classify.model.agcn import AGCN
 from classify.model.fusion import FusionClassifier, FusionConfig
 from classify.skeleton import clip_input
-from detect.rundir import append_metrics_row, load_checkpoint, save_checkpoint
+from extract.io import append_metrics_row, load_checkpoint, save_checkpoint
 
 Tokens = dict[str, np.ndarray]  # modality -> (N, N_m, C_m)
 

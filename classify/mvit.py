@@ -17,7 +17,15 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.video.mvit import MSBlockConfig, MViT
 
-from extract.i3d import Weights, WeightsError, file_sha256, state_digest
+from extract.weights import (
+    Weights,
+    WeightsError,
+    check_state,
+    file_sha256,
+    load_torch_file,
+    state_dict_in,
+    state_digest,
+)
 
 MVIT_URL = "https://download.pytorch.org/models/mvit_v2_s-ae3be167.pth"
 MVIT_FILE = "mvit_v2_s-ae3be167.pth"
@@ -83,34 +91,11 @@ def v2_s_blocks() -> list[MSBlockConfig]:
 def read_mvit_checkpoint(path: Path, reference: dict[str, Tensor]) -> dict[str, Tensor]:
     """The state_dict of a torchvision MViTv2-S checkpoint file (a plain state_dict, or under
     "model" / "model_state"), checked key by key against `reference`; the head is ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: checkpoint file does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})"
-                           ) from e
-    for k in ("model_state", "model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
-            obj = obj[k]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: not a state_dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in obj.items() if not k.startswith("head.")}
-    wanted = {k: v for k, v in reference.items() if not k.startswith("head.")}
-    missing = sorted(set(wanted) - set(state))
-    unexpected = sorted(set(state) - set(wanted))
-    bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in wanted.items()
-           if k in state and state[k].shape != v.shape]
-    if missing or unexpected or bad:
-        parts = [f"{len(missing)} missing keys ({', '.join(missing[:4])})" if missing else "",
-                 f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:4])})"
-                 if unexpected else "",
-                 f"mismatched shapes ({'; '.join(bad[:4])})" if bad else ""]
-        raise WeightsError(f"{path}: not an MViTv2-S checkpoint for this input size: "
-                           + "; ".join(p for p in parts if p))
-    return state
+    state = state_dict_in(load_torch_file(path), path,
+                          containers=("model_state", "model", "state_dict"))
+    return check_state({k: v for k, v in state.items() if not k.startswith("head.")},
+                       {k: v for k, v in reference.items() if not k.startswith("head.")},
+                       path, "not an MViTv2-S checkpoint for this input size")
 
 
 def build_mvit(weights: str = "kinetics", frames: int = MVIT_FRAMES, size: int = MVIT_SIZE,

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from classify.openpose import NUM_KEYPOINTS, write_openpose_dir
 from detect.datasets.imigue import DEFAULT_TRAIN_SUBJECTS, FPS, ORIGINAL_COLUMNS
 from detect.render import GESTURES, PlannedGesture, _check_size, render_video
-from extract.cache import atomic_write_bytes, atomic_write_json
+from extract.io import atomic_write_bytes, atomic_write_json
 
 # Drawn gesture -> iMiGUE file class (1-31, 99 illustrative).
 CLASS_MAP: dict[str, int] = {

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from classify.clips import ClipIndex
 from classify.openpose import read_keypoints
 from detect.datasets.common import DatasetError
-from extract.cache import atomic_write_bytes, atomic_write_json
+from extract.io import atomic_write_bytes, atomic_write_json
 
 
 def _stamp(path: Path) -> dict:

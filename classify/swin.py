@@ -15,7 +15,6 @@ state dict; `module.` / `backbone.` prefixes are stripped), read with `weights_o
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from extract.weights import WeightsError, file_sha256, load_torch_file, state_dict_in
+
 FACE_SIZE = 112
 EMBED_DIM = 768
-
-
-class WeightsError(ValueError):
-    """A face checkpoint that is missing, unreadable or does not fit the architecture."""
 
 
 def window_partition(x: Tensor, w: int) -> Tensor:
@@ -220,23 +217,10 @@ class FaceWeights:
 
 def read_swinface_checkpoint(path: Path) -> dict[str, Tensor]:
     """The backbone's state dict from a SwinFace checkpoint (see the module docstring)."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many kinds (pickle, zip, EOF, ...) for junk
-        raise WeightsError(f"{path}: not a readable torch checkpoint ({e})") from e
-    if isinstance(ck, dict) and "state_dict_backbone" in ck:
-        ck = ck["state_dict_backbone"]
-    elif isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict):
-        ck = ck["state_dict"]
-    if not isinstance(ck, dict) or not all(isinstance(v, Tensor) for v in ck.values()):
-        raise WeightsError(f"{path}: holds no state dict (expected SwinFace's "
-                           "'state_dict_backbone' or a bare state dict)")
-    out = {}
-    for k, v in ck.items():
-        for prefix in ("module.", "backbone."):
-            k = k.removeprefix(prefix)
-        out[k] = v
-    return out
+    return state_dict_in(load_torch_file(path), path,
+                         containers=("state_dict_backbone", "state_dict"),
+                         strip=("module.", "backbone."),
+                         expected="SwinFace's 'state_dict_backbone' or a bare state dict")
 
 
 def build_swinface(weights: str, seed: int = 0) -> tuple[SwinFaceBackbone, FaceWeights]:
@@ -266,7 +250,7 @@ def build_swinface(weights: str, seed: int = 0) -> tuple[SwinFaceBackbone, FaceW
         print(f"{path}: ignoring {len(ignored)} keys that are not the backbone's "
               f"(e.g. {ignored[0]})", file=sys.stderr)
     model.load_state_dict({k: state[k] for k in own})
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = file_sha256(path)
     return model.eval(), FaceWeights(str(path), sha)
 
 

@@ -21,8 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from classify.clips import Clip, ClipIndex
-from extract.cache import FeatureSet, temp_file_beside
+from extract.cache import FeatureSet
 from extract.decode import DecodeError, open_video
+from extract.io import temp_file_beside
 from extract.pipeline import remove_stale_temps, update_failures
 
 # (video id, its clips, each clip's frame numbers, {frame number: (H, W, 3) uint8}, progress bar)

@@ -33,11 +33,17 @@ from classify.model.agcn import AGCN
 from classify.rgb_tokens import extract_rgb_tokens, load_rgb_tokens
 from classify.skeleton import clip_input
 from classify.skeleton_cache import Skeletons, check_clip_frames, load_skeletons
-from detect.config import config_to_dict, to_toml
-from detect.rundir import RunError, append_metrics_row, load_checkpoint, save_checkpoint
-from detect.train import resolve_device
-from extract.cache import atomic_write_bytes, atomic_write_json
+from extract.config import config_to_dict, to_toml
+from extract.io import (
+    RunError,
+    append_metrics_row,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+)
 from extract.provenance import versions
+from extract.runtime import resolve_device
 
 
 class SkeletonClips(Dataset):

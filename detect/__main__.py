@@ -62,7 +62,7 @@ def predict(
 
     id_fn = None
     if dataset == "smg":
-        from detect.datasets.smg import video_id_from_path as id_fn
+        from extract.pipeline import video_id_from_path as id_fn
     preds, classes = predict_videos(videos, run, out, id_fn=id_fn, eval_overlap=eval_overlap)
     typer.echo(format_detections(preds, classes))
     typer.echo(f"outputs: {out or Path(run) / 'predict'}")
@@ -87,9 +87,9 @@ def stream(
 
     Exit codes: 0 the source ended; 2 usage error or unusable run; 3 the source could not be
     read; 4 the source failed mid-stream (detections up to there written); 130 Ctrl-C."""
-    from detect.rundir import RunError
     from detect.stream import EXIT_USAGE, StreamOptions
     from detect.stream import stream as run_stream
+    from extract.io import RunError
 
     opts = StreamOptions(window=window or None, hop=hop or None, realtime=realtime,
                          chunk_frames=chunk_frames, threshold=threshold, device=device)
@@ -231,9 +231,9 @@ _mount_dataset_commands()
 
 
 def main() -> None:
-    from detect.config import ConfigError
     from detect.plots import MissingMatplotlib
-    from detect.rundir import RunError
+    from extract.config import ConfigError
+    from extract.io import RunError
 
     try:
         app()

@@ -25,9 +25,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from detect.config import Config, ConfigError, config_to_dict, load_config
-from detect.rundir import LAST, RunError, read_metrics_rows, read_run
-from extract.cache import FeatureSet, atomic_write_bytes, atomic_write_json
+from detect.config import Config, load_config
+from detect.rundir import LAST, read_run
+from extract.cache import FeatureSet
+from extract.config import ConfigError, config_to_dict
+from extract.io import RunError, atomic_write_bytes, atomic_write_json, read_metrics_rows
 from extract.provenance import versions
 
 COLUMNS = ("config", "changed", "f1_miga", "f1_strict", "map", "params", "s_per_epoch", "status")

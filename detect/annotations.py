@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from extract.cache import FeatureSet, atomic_write_json
+from extract.cache import FeatureSet
+from extract.io import atomic_write_json
 
 SUBSETS = ("train", "val", "test")
 

@@ -26,11 +26,13 @@ from tqdm import tqdm
 
 from detect.annotations import Annotations, load_annotations
 from detect.config import EvalConfig
+from detect.detections import Detections, save_predictions
 from detect.evaluate import score_detections
 from detect.model.detector import DenseHead
-from detect.postprocess import Detections, apply_threshold, merge_video, save_predictions
+from detect.postprocess import apply_threshold, merge_video
 from detect.windows import dense_targets, instances_in_feature_time
-from extract.cache import FeatureSet, atomic_write_json
+from extract.cache import FeatureSet
+from extract.io import atomic_write_json
 from extract.provenance import versions
 
 KINDS = ("probe", "dense")

@@ -1,28 +1,25 @@
-"""Stage-two configuration: plain dataclasses, loaded from TOML with `--set a.b=value` overrides.
+"""Stage-two configuration: plain dataclasses, loaded from TOML with `--set a.b=value` overrides
+by stage one's loader (`extract.config`).
 
-Unknown keys and values of the wrong type are errors naming the key, so a typo in a config never
-silently falls back to a default.
+Unknown keys, values of the wrong type and choices outside their `Literal` are errors naming the
+key, so a typo in a config never silently falls back to a default.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, get_args
 
-import tomllib
+from extract.config import ConfigError, build_dataclass, load_dataclass
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override is malformed."""
-
+Mode = Literal["features", "e2e"]
+Mixing = Literal["lean", "full"]
+IouLoss = Literal["iou", "giou", "diou"]
+QueryMixer = Literal["mamba_mhsa", "mhsa"]
+ScanOrder = Literal["index", "centre"]
+MambaBackend = Literal["auto", "torch", "cuda"]
+Device = Literal["auto", "cpu", "cuda"]
 
 @dataclass
 class DataConfig:
@@ -50,9 +47,9 @@ class MambaConfig:
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
-    order: str = "index"  # "index" | "centre": order of the queries along the scan
+    order: ScanOrder = "index"  # order of the queries along the scan
     bidirectional: bool = False
-    backend: str = "auto"  # "auto" | "torch" | "cuda"
+    backend: MambaBackend = "auto"
 
 
 @dataclass
@@ -68,7 +65,7 @@ class ModelConfig:
     # "full": PointTAD's generator and output (85% of the paper model's parameters); "lean": the
     # same mixing with a rank-`mix_rank` parameter generator and a per-point reduction to
     # `mix_point_dim` before the output projection (bench/model.py, configs/ablations/).
-    mixing: str = "lean"
+    mixing: Mixing = "lean"
     mix_rank: int = 64
     mix_point_dim: int = 64
     # Recompute the dynamic mixing in backward instead of keeping its activations (training only):
@@ -78,7 +75,7 @@ class ModelConfig:
     # Dropout on the standardised input features (training only): with frozen features the
     # detector memorises a small training set (bench/results/ablations-small-3seeds.md).
     input_dropout: float = 0.0
-    query_mixer: str = "mamba_mhsa"  # "mamba_mhsa" | "mhsa" (the PointTAD baseline)
+    query_mixer: QueryMixer = "mamba_mhsa"  # "mhsa": the PointTAD baseline
     # Residual temporal conv blocks over the projected features before the decoder and the dense
     # head (0 = PointTAD, whose I3D is trained end to end). Two layers did not help on SMG-like
     # cached features (bench/results/ablations-small-3seeds.md).
@@ -99,7 +96,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     l1_weight: float = 5.0
     iou_weight: float = 5.0
-    iou_loss: str = "iou"  # "iou" (PointTAD) | "giou" | "diou" (detect.ops.paired_iou_loss)
+    iou_loss: IouLoss = "iou"  # "iou": PointTAD's (detect.model.segments.paired_iou_loss)
     dense_weight: float = 10.0
     aux: bool = True  # losses on every decoder layer
 
@@ -114,7 +111,7 @@ class TrainConfig:
     lr_gamma: float = 0.5
     clip_grad: float = 0.1
     seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    device: Device = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_workers: int = 0
     select_metric: str = "f1_miga"  # best checkpoint on val by this metric
@@ -174,15 +171,13 @@ class BackboneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-MODES = ("features", "e2e")
-MIXINGS = ("lean", "full")
-IOU_LOSSES = ("iou", "giou", "diou")
+IOU_LOSSES = get_args(IouLoss)
 
 
 @dataclass
 class Config:
     name: str = "mgdet"
-    mode: str = "features"  # "features": cached features; "e2e": I3D + detector from frames
+    mode: Mode = "features"  # "features": cached features; "e2e": I3D + detector from frames
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -193,14 +188,6 @@ class Config:
 
 def check_config(cfg: Config) -> None:
     """Value checks that types cannot express; raises ConfigError naming the key."""
-    if cfg.mode not in MODES:
-        raise ConfigError(f"mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
-    if cfg.loss.iou_loss not in IOU_LOSSES:
-        raise ConfigError(
-            f"loss.iou_loss: {cfg.loss.iou_loss!r} is not one of {', '.join(IOU_LOSSES)}"
-        )
-    if cfg.model.mixing not in MIXINGS:
-        raise ConfigError(f"model.mixing: {cfg.model.mixing!r} is not one of {', '.join(MIXINGS)}")
     if not 0.0 <= cfg.model.input_dropout < 1.0:
         raise ConfigError(f"model.input_dropout must be in [0, 1), got {cfg.model.input_dropout}")
     if cfg.model.encoder_layers < 0:
@@ -240,142 +227,8 @@ def check_config(cfg: Config) -> None:
                           "stay non-negative)")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`, converting int to float where a float is due."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} is not a {tp}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected none, got {value!r}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a table, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, key)
-        else:
-            kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
-
-
-def _parse_value(text: str) -> Any:
-    """A TOML value (`3`, `1e-4`, `true`, `"x"`, `[1, 2]`), or the bare text as a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _set_nested(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{dotted}: {p} is not a table")
-    node[parts[-1]] = value
-
-
 def config_from_dict(data: dict[str, Any]) -> Config:
-    return _build(Config, data, "")
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def read_toml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file as a dict; a top-level `base = "other.toml"` (relative to the file) is read
-    first and this file's keys override it, so ablations state only what they change."""
-    path = Path(path)
-    if path.resolve() in _seen:
-        raise ConfigError(f"{path}: `base` chain loops back to itself")
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: config file not found") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from e
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: `base` must be a path string")
-    if not (path.parent / base).is_file():
-        raise ConfigError(f"{path}: base config {base!r} not found (looked for "
-                          f"{path.parent / base})")
-    return _merge(read_toml(path.parent / base, (*_seen, path.resolve())), data)
-
-
-def load_dataclass(
-    cls: type[T], path: Path | str | None = None, overrides: list[str] | None = None,
-    check: Callable[[T], None] | None = None,
-) -> T:
-    """Defaults of dataclass `cls`, then the TOML at `path` (and its `base`), then
-    `section.key=value` overrides; unknown keys and wrong types are ConfigErrors, and `check`
-    validates each step. Shared by `detect` and `classify` configs."""
-
-    def checked(data: dict[str, Any]) -> T:
-        cfg = _build(cls, copy.deepcopy(data), "")
-        if check is not None:
-            check(cfg)
-        return cfg
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        data = read_toml(path)
-        try:
-            checked(data)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
-    # One override at a time, so an error names the --set that caused it, not the file.
-    cfg = checked(data)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        key, value = item.split("=", 1)
-        try:
-            _set_nested(data, key.strip(), _parse_value(value.strip()))
-            cfg = checked(data)
-        except ConfigError as e:
-            raise ConfigError(f"--set {item}: {e}") from e
-    return cfg
+    return build_dataclass(Config, data)
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None) -> Config:
@@ -383,37 +236,3 @@ def load_config(path: Path | str | None = None, overrides: list[str] | None = No
     return load_dataclass(Config, path, overrides, check_config)
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Write a nested dict of scalars, lists and tables as TOML (enough for our configs)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        raise ConfigError(f"cannot write {v!r} as TOML")
-
-    lines: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any]) -> None:
-        plain = {k: v for k, v in d.items() if not isinstance(v, dict)}
-        subs = {k: v for k, v in d.items() if isinstance(v, dict)}
-        if prefix and plain:
-            lines.append(f"[{prefix}]")
-        for k, v in plain.items():
-            lines.append(f"{k} = {scalar(v)}")
-        if plain:
-            lines.append("")
-        for k, v in subs.items():
-            table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", data)
-    return "\n".join(lines)

@@ -57,11 +57,11 @@ def choose_weights(asked: str) -> str:
 
 
 def run_demo(s: DemoSettings, progress: bool = True) -> dict[str, Any]:
-    from detect.datasets.smg import video_id_from_path
     from detect.evaluate import evaluate_run
     from detect.render import render_dataset
     from detect.train import train
-    from extract.pipeline import ExtractConfig, format_summary, run_extraction
+    from extract.config import ExtractConfig
+    from extract.pipeline import format_summary, run_extraction, video_id_from_path
 
     t0 = time.time()
     _banner(f"1/4 render {s.videos} synthetic videos of {s.minutes} min into {s.data}")

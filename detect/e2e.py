@@ -21,10 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from detect.augment import photometric
-from detect.config import BackboneConfig, Config, ConfigError
+from detect.config import BackboneConfig, Config
 from detect.model.detector import Detector, parameter_groups
 from detect.windows import FrameOptions, WindowDataset
 from extract.cache import FeatureSet
+from extract.config import ConfigError
 from extract.decode import normalize
 from extract.i3d import RES4_DIM, RES5_DIM, I3DBackbone, build_backbone, pool_steps, required_halo
 

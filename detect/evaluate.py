@@ -16,17 +16,13 @@ from tqdm import tqdm
 
 from detect.annotations import Annotations
 from detect.config import Config, EvalConfig
+from detect.detections import Detections
 from detect.e2e import run_model, window_dataset
-from detect.metrics import score
-from detect.postprocess import (
-    Detections,
-    apply_threshold,
-    best_threshold,
-    decode_windows,
-    merge_video,
-)
-from detect.rundir import RunError, read_run
+from detect.metrics import best_threshold, score
+from detect.postprocess import apply_threshold, decode_windows, merge_video
+from detect.rundir import read_run
 from detect.windows import WindowDataset, collate_windows
+from extract.io import RunError
 
 
 @torch.no_grad()
@@ -106,8 +102,9 @@ def score_detections(
 
 def load_run_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The best checkpoint of a run, as a model in eval mode, and the checkpoint dict."""
-    from detect.rundir import BEST, load_checkpoint
-    from detect.train import build_model
+    from detect.model.build import build_model
+    from detect.rundir import BEST
+    from extract.io import load_checkpoint
 
     cfg, _ = read_run(run)
     ck = load_checkpoint(Path(run) / BEST)
@@ -121,12 +118,13 @@ def load_run_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, di
 def evaluate_run(run: Path, subset: str = "test", progress: bool = True) -> dict[str, Any]:
     """`python -m detect eval`: predictions.json, MiGA CSVs and metrics.json in the run folder."""
     from detect.annotations import load_annotations
+    from detect.detections import save_predictions
     from detect.metrics import format_table
-    from detect.postprocess import save_predictions
     from detect.submission import write_miga_csvs
-    from detect.train import resolve_device
-    from extract.cache import FeatureSet, atomic_write_json
+    from extract.cache import FeatureSet
+    from extract.io import atomic_write_json
     from extract.provenance import versions
+    from extract.runtime import resolve_device
 
     run = Path(run)
     cfg, info = read_run(run)

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from detect.postprocess import Detections, decode_windows, tiou
+from detect.detections import Detections, tiou
+from detect.postprocess import decode_windows
 from detect.windows import slice_padded
 
 KEPT, DROPPED, OPEN_KEPT, OPEN_DROPPED = 0, 1, 2, 3

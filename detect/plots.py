@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from detect.postprocess import Detections
+from detect.detections import Detections
 
 # Timeline lanes are bands of exactly this colour separated by white gaps, so the number of lanes
 # can be read back from the pixels (tests do) and the eye can follow a lane across a long video.

@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from detect.annotations import Annotations, VideoAnnotations
-from detect.postprocess import Detections, apply_threshold
-from detect.rundir import RunError, read_run
-from extract.cache import FeatureSet, atomic_write_json, read_meta, settings_key
+from detect.detections import Detections
+from detect.postprocess import apply_threshold
+from detect.rundir import read_run
+from extract.cache import FeatureSet, read_meta, settings_key
+from extract.io import RunError, atomic_write_json
 from extract.provenance import versions
 
 SUBSET = "test"  # new, unlabelled videos are scored like the test split
@@ -47,8 +49,10 @@ def _weights_source(fs: FeatureSet) -> tuple[str, int]:
 def extraction_config_for(fs: FeatureSet) -> Any:
     """The `ExtractConfig` that reproduces `fs`; raises RunError when its weights are missing
     here or give another digest."""
-    from extract.i3d import WeightsError, build_backbone
-    from extract.pipeline import ExtractConfig, featureset_settings
+    from extract.config import ExtractConfig
+    from extract.i3d import build_backbone
+    from extract.pipeline import featureset_settings
+    from extract.weights import WeightsError
 
     s = fs.settings
     weights, seed = _weights_source(fs)
@@ -83,12 +87,12 @@ def predict_videos(
     (1 - hop / window gives `detect stream --hop`'s windows)."""
     import torch
 
+    from detect.detections import save_predictions
     from detect.evaluate import load_run_model, predict
-    from detect.postprocess import save_predictions
     from detect.submission import write_miga_csvs
-    from detect.train import resolve_device
     from detect.windows import WindowDataset
     from extract.pipeline import format_summary, run_extraction
+    from extract.runtime import resolve_device
 
     run = Path(run)
     cfg, info = read_run(run)

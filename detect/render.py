@@ -46,7 +46,7 @@ from detect.datasets.common import (
     frames_to_seconds,
     write_annotations,
 )
-from extract.cache import atomic_write_bytes, atomic_write_json
+from extract.io import atomic_write_bytes, atomic_write_json
 
 # Body model, in units of 1/120 of the frame height, origin at the pelvis, y down; "_R" is the
 # figure's right, on the image's left. Joints in UPPER move with the torso's sway and lean; knees

@@ -30,9 +30,9 @@ import numpy as np
 from tqdm import tqdm
 
 from detect.annotations import SUBSETS, Annotations, load_annotations
-from detect.postprocess import Detections, load_predictions, tiou
-from detect.rundir import RunError, read_metrics_rows, read_run
-from extract.cache import atomic_write_bytes
+from detect.detections import Detections, load_predictions, tiou
+from detect.rundir import read_run
+from extract.io import RunError, atomic_write_bytes, read_metrics_rows
 
 REPORT_DIR = "report"
 INDEX = "index.html"

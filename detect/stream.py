@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detect.detections import Detections
 from detect.online import OnlineDetector, WindowSettings
-from detect.postprocess import Detections
-from detect.rundir import RunError, read_run
-from extract.cache import FeatureSet, atomic_write_json
+from detect.rundir import read_run
+from extract.cache import FeatureSet
 from extract.decode import DecodeError, DecodeSettings, FrameStream, is_live
+from extract.io import RunError, atomic_write_json
 from extract.provenance import versions
 
 EXIT_OK = 0
@@ -142,8 +143,8 @@ def stream(source: str, run: Path, out: Path | None = None,
     source is opened."""
     from detect.evaluate import load_run_model
     from detect.predict import extraction_config_for
-    from detect.train import resolve_device
     from extract.i3d import ChunkedExtractor, RunOptions, build_backbone
+    from extract.runtime import resolve_device
 
     opts = options or StreamOptions()
     stdout = sys.stdout if echo else None

@@ -21,8 +21,8 @@ import numpy as np
 
 from detect.annotations import Annotations
 from detect.datasets.common import frame_ranges
-from detect.postprocess import Detections
-from extract.cache import atomic_write_bytes
+from detect.detections import Detections
+from extract.io import atomic_write_bytes
 
 SUFFIX = "_prediction.csv"
 

@@ -11,11 +11,8 @@ reaches the same final metrics as an uninterrupted run.
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +23,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detect.annotations import Annotations, load_annotations
-from detect.config import Config, check_config, config_to_dict
+from detect.config import Config, check_config
 from detect.e2e import (
-    build_e2e_model,
     e2e_parameter_groups,
     feature_mismatch,
     run_model,
@@ -37,71 +33,19 @@ from detect.e2e import (
 from detect.ema import WeightEMA
 from detect.evaluate import evaluate_subset
 from detect.losses import SetCriterion
-from detect.model.detector import Detector, parameter_groups
-from detect.rundir import (
-    BEST,
-    LAST,
-    RunError,
-    append_metrics_row,
-    load_checkpoint,
-    read_run,
-    save_checkpoint,
-    write_run_files,
-)
+from detect.model.build import build_model
+from detect.model.detector import parameter_groups
+from detect.rundir import BEST, LAST, read_run, write_run_files
 from detect.windows import WindowDataset, collate_windows
 from extract.cache import FeatureSet
+from extract.config import config_to_dict
 from extract.i3d import RES4_DIM, RES5_DIM
+from extract.io import RunError, append_metrics_row, load_checkpoint, save_checkpoint
+from extract.runtime import Distributed, resolve_device, seed_everything
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device: torch.device) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RunError("device 'cuda' was asked for but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise RunError(f"unknown device {name!r} (auto, cpu or cuda)")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,
-                pretrained: bool = True) -> torch.nn.Module:
-    """The detector (features mode) or the I3D + detector (e2e mode; pretrained=False gives a
-    random backbone to load a checkpoint into)."""
-    if cfg.mode == "e2e":
-        return build_e2e_model(cfg, num_classes, pretrained=pretrained)
-    return Detector(cfg.model, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
 
 
 def feature_stats(ds: WindowDataset) -> tuple[torch.Tensor | None, ...]:

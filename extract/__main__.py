@@ -20,7 +20,7 @@ def _id_fn(dataset: str, id_suffix: str):
     from extract.pipeline import strip_suffix_id
 
     if dataset == "smg":
-        from detect.datasets.smg import video_id_from_path
+        from extract.pipeline import video_id_from_path
 
         return video_id_from_path
     if dataset not in ("", "imigue"):  # iMiGUE videos are named by their id already
@@ -56,8 +56,10 @@ def features(
                                           "reproduce the cached features)."),
 ) -> None:
     """Extract features for every video into one feature set; prints the feature-set path."""
-    from extract.i3d import WeightsError
-    from extract.pipeline import ExtractConfig, all_ranks_ok, format_summary, run_extraction
+    from extract.config import ExtractConfig
+    from extract.pipeline import format_summary, run_extraction
+    from extract.runtime import all_ranks_ok
+    from extract.weights import WeightsError
 
     try:
         cfg = ExtractConfig(weights=weights, seed=seed, stride=stride, short_side=short_side,

@@ -29,15 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import h5py
 import numpy as np
+
+from extract.io import atomic_write_json, temp_file_beside
 
 FEATURESET_FILE = "featureset.json"
 FAILURES_FILE = "failures.json"
@@ -101,56 +100,6 @@ def settings_key(name: str, settings: dict[str, Any], digits: int = 10) -> str:
     digest = hashlib.sha256(blob).hexdigest()[:digits]
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
     return f"{safe}-{digest}"
-
-
-def current_umask() -> int:
-    """The process umask (read without changing it where /proc allows)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def temp_file_beside(path: Path, suffix: str, prefix: str | None = None) -> tuple[int, str]:
-    """(fd, name) of a new temporary file in `path`'s folder (created if needed), with the
-    permissions an ordinary `open` would give under the umask: mkstemp makes files 0600, and a
-    feature set or run renamed from one would be unreadable by the rest of a team."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.fchmod(fd, 0o666 & ~current_umask())
-    return fd, tmp
-
-
-@contextmanager
-def atomic_writer(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at `path` only when the block finishes (temporary file in the
-    same folder, flush, fsync, rename): readers see the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = temp_file_beside(path, ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path`: readers see the old file or the whole new one, never a part."""
-    with atomic_writer(path) as f:
-        f.write(data)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _check_arrays(path: Path, features: np.ndarray, timestamps: np.ndarray,

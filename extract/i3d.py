@@ -12,7 +12,6 @@ and the halo covers the backbone's temporal reach, chunked features equal one-pa
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from extract.decode import normalize
+from extract.weights import (
+    Weights,
+    WeightsError,
+    check_state,
+    file_sha256,
+    load_torch_file,
+    state_dict_in,
+    state_digest,
+)
 
 with warnings.catch_warnings():
     # pytorchvideo imports fvcore, which calls torch.jit.script at import time; torch >= 2.10
@@ -40,19 +48,6 @@ RES4_DIM = 1024
 RES5_DIM = 2048
 Tensor4 = torch.Tensor | None  # res4 output, absent unless asked for
 Chunk = tuple[torch.Tensor, int, int, int]  # (input frames, input start, core start, core end)
-
-
-class WeightsError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit the backbone."""
-
-
-@dataclass
-class Weights:
-    """Which weights the backbone holds. label: "kinetics", "random" or the checkpoint path."""
-
-    label: str
-    sha256: str
-    seed: int | None = None
 
 
 class I3DBackbone(nn.Module):
@@ -139,24 +134,6 @@ def _build(seed: int) -> nn.Module:
         return i3d_r50(pretrained=False)
 
 
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over sorted keys, dtypes, shapes and tensor bytes (stable across runs)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def kinetics_path() -> Path:
     """Where the official checkpoint is looked for: `torch.hub.get_dir()/checkpoints/`."""
     return Path(torch.hub.get_dir()) / "checkpoints" / KINETICS_FILE
@@ -190,15 +167,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     checkpoint of an end-to-end run (`runs/NAME/checkpoints/best.pt`: its "model" holds the
     backbone under "backbone."). A feature-mode mgdet checkpoint holds no backbone: an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: checkpoint file does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(
-            f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})"
-        ) from e
+    obj = load_torch_file(path)
     mgdet = isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj
     if mgdet:
         mode = obj["config"].get("mode", "features") if isinstance(obj["config"], dict) else None
@@ -209,14 +178,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
                 f"{path}: an mgdet checkpoint of a {mode!r}-mode run holds no I3D backbone; "
                 "only end-to-end runs (mode = \"e2e\") finetune it"
             )
-    elif isinstance(obj, dict) and isinstance(obj.get("model_state"), dict):
-        obj = obj["model_state"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(
-            f"{path}: not a state_dict (expected a dict of tensors, a dict with 'model_state', "
-            "or an end-to-end mgdet checkpoint)"
-        )
-    return {k.removeprefix("module."): v for k, v in obj.items()}, mgdet
+    state = state_dict_in(obj, path, containers=("model_state",),
+                          expected="a dict of tensors, a dict with 'model_state', or an "
+                          "end-to-end mgdet checkpoint")
+    return state, mgdet
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -231,25 +196,9 @@ def check_backbone_state(
     prefixes = tuple(f"blocks.{i}." for i in range(BACKBONE_BLOCKS))
     wanted = {k: v for k, v in reference.items() if k.startswith(prefixes)}
     # BatchNorm's step counter does not change inference; older checkpoints may lack it.
-    missing = [k for k in wanted if k not in state and not k.endswith("num_batches_tracked")]
-    bad = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in wanted.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    unexpected = [k for k in state if k.startswith(prefixes) and k not in wanted]
-    if missing or bad or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:5])}"
-                         f"{', ...' if len(missing) > 5 else ''})")
-        if bad:
-            parts.append(f"{len(bad)} mismatched shapes ({'; '.join(bad[:5])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected backbone keys "
-                         f"({', '.join(unexpected[:5])})")
-        raise WeightsError(f"{path}: not an i3d_r50 checkpoint: " + "; ".join(parts))
-    return {k: state[k] for k in wanted if k in state}
+    return check_state({k: v for k, v in state.items() if k.startswith(prefixes)}, wanted, path,
+                       "not an i3d_r50 checkpoint",
+                       optional=lambda k: k.endswith("num_batches_tracked"))
 
 
 def build_backbone(weights: str = "kinetics", seed: int = 0,
@@ -275,17 +224,6 @@ def build_backbone(weights: str = "kinetics", seed: int = 0,
     for p in backbone.parameters():
         p.requires_grad_(False)
     return backbone, info
-
-
-def resolve_device(device: str = "auto", local_rank: int | None = None) -> torch.device:
-    """auto: CUDA when present, else CPU. A bare "cuda" under torchrun means this rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but CUDA is not available")
-    if device == "cuda" and local_rank is not None:
-        device = f"cuda:{local_rank % torch.cuda.device_count()}"
-    return torch.device(device)
 
 
 @dataclass

@@ -13,16 +13,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,56 +34,26 @@ from extract.cache import (
     FeatureMeta,
     FeatureSet,
     VideoWriter,
-    atomic_write_json,
     feature_timestamps,
     read_frames_info,
     read_meta,
     read_video,
 )
+from extract.config import ExtractConfig
 from extract.decode import VIDEO_EXTENSIONS, DecodeError, DecodeSettings, FrameStream
 from extract.i3d import (
     MODEL_NAME,
     ChunkedExtractor,
     RunOptions,
-    Weights,
     build_backbone,
     default_chunk_frames,
-    resolve_device,
 )
+from extract.io import atomic_write_json, file_lock
 from extract.provenance import mgdet_version, versions
+from extract.runtime import dist_rank, resolve_device
+from extract.weights import Weights
 
 IdFn = Callable[[Path], str]
-
-
-@dataclass
-class ExtractConfig:
-    """Resolved options of one extraction run (see `python -m extract features --help`)."""
-
-    weights: str = "kinetics"
-    seed: int = 0
-    stride: int = 4
-    short_side: int = 256
-    crop: int = 224
-    res4: bool = False
-    dtype: str = "float16"
-    chunk_frames: int | None = None
-    device: str = "auto"
-    workers: int = 1
-    batch_chunks: int = 4
-    fps: float = 10.0
-    save_frames: bool = False
-    frames_short_side: int = 0  # 0: the same as short_side
-
-    def __post_init__(self) -> None:
-        if self.frames_short_side < 0:
-            raise ValueError(f"frames_short_side must be >= 0, got {self.frames_short_side}")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be float16 or float32, got {self.dtype!r}")
-        if self.stride not in (2, 4, 8):
-            raise ValueError(f"stride must be 2, 4 or 8, got {self.stride}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        DecodeSettings(self.fps, self.short_side, self.crop)  # validates
 
 
 @dataclass
@@ -128,6 +96,16 @@ def find_videos(inputs: Sequence[Path]) -> list[Path]:
     return sorted(found)
 
 
+_SMG_VIDEO_RE = re.compile(r"^(Sample\d+)_color\.mp4$")
+
+
+def video_id_from_path(path: Path | str) -> str:
+    """`.../Sample0001_color.mp4` -> `Sample0001` (SMG's names; any other name: the stem)."""
+    name = Path(path).name
+    m = _SMG_VIDEO_RE.match(name)
+    return m.group(1) if m else Path(name).stem
+
+
 def strip_suffix_id(suffix: str) -> IdFn:
     """An id function: the file stem without `suffix` (e.g. "_color": Sample0001_color.mp4 ->
     Sample0001)."""
@@ -154,37 +132,6 @@ def assign_ids(paths: Sequence[Path], id_fn: IdFn | None = None) -> dict[str, Pa
     if clashes:
         raise ValueError("several videos share an id: " + "; ".join(clashes))
     return dict(sorted(ids.items()))
-
-
-def dist_rank() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) without it."""
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
-    return rank, world
-
-
-def all_ranks_ok(ok: bool) -> bool:
-    """Wait for every torchrun rank and agree on the outcome (any rank failed -> False).
-
-    torchrun tears down all ranks as soon as one exits non-zero, so a rank that met a broken
-    video must not exit before the others have finished their videos. Without torchrun: `ok`.
-    """
-    _, world = dist_rank()
-    if world == 1:
-        return ok
-    import torch
-    import torch.distributed as dist
-
-    # Ranks may finish hours apart on an uneven shard: the default 30 min would cut them off.
-    dist.init_process_group("gloo", timeout=timedelta(days=7))
-    try:
-        flag = torch.tensor([int(ok)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
-    finally:
-        dist.destroy_process_group()
 
 
 def featureset_settings(cfg: ExtractConfig, weights: Weights) -> tuple[str, dict[str, Any]]:
@@ -254,19 +201,9 @@ def remove_stale_temps(fs: FeatureSet, video_ids: Sequence[str]) -> int:
     return removed
 
 
-@contextmanager
-def _locked(fs: FeatureSet) -> Iterator[None]:
-    with open(fs.path / ".lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def update_failures(fs: FeatureSet, resolved: Sequence[str], failed: dict[str, str]) -> None:
     """Drop `resolved` ids from failures.json and add `failed`, under an exclusive lock."""
-    with _locked(fs):
+    with file_lock(fs.path / ".lock"):
         for p in fs.path.glob(f".{FAILURES_FILE}.*.tmp"):
             p.unlink(missing_ok=True)  # left by a killed writer; we hold the lock
         current = fs.failures()

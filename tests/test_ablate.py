@@ -13,8 +13,9 @@ import pytest
 
 from detect.ablate import Ablation, changed_keys, run_ablation
 from detect.config import load_config
-from detect.rundir import LAST, read_metrics_rows
+from detect.rundir import LAST
 from detect.synth import synth_feature_set
+from extract.io import read_metrics_rows
 
 TINY_TOML = """
 name = "tiny"

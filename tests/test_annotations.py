@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from detect.annotations import AnnotationError, load_annotations, save_annotations
-from extract.cache import FeatureMeta, FeatureSet, atomic_write_json, write_video
+from extract.cache import FeatureMeta, FeatureSet, write_video
+from extract.io import atomic_write_json
 
 
 def _data() -> dict:

@@ -7,12 +7,12 @@ from extract.cache import (
     CacheError,
     FeatureMeta,
     FeatureSet,
-    atomic_write_json,
     feature_timestamps,
     read_video,
     settings_key,
     write_video,
 )
+from extract.io import atomic_write_json
 
 
 def _meta(vid: str = "v1") -> FeatureMeta:

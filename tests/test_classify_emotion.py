@@ -12,7 +12,7 @@ import pytest
 from classify.config import load_classify_config
 from classify.faces import crop_faces, face_boxes
 from classify.metrics import auroc, binary_report
-from detect.config import ConfigError
+from extract.config import ConfigError
 
 
 def _keypoints(t: int) -> np.ndarray:

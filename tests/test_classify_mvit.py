@@ -7,7 +7,7 @@ import torch
 from torchvision.models.video import mvit_v2_s
 
 from classify.mvit import _build, build_mvit, mvit_path
-from extract.i3d import WeightsError
+from extract.weights import WeightsError
 
 
 def test_architecture_is_torchvisions_mvit_v2_s() -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torchvision.models.swin_transformer import SwinTransformer
 
-from classify.swin import SwinFaceBackbone, WeightsError, build_swinface, face_input
+from classify.swin import SwinFaceBackbone, build_swinface, face_input
+from extract.weights import WeightsError
 
 
 def _from_torchvision(tv: SwinTransformer) -> dict[str, torch.Tensor]:

@@ -1,13 +1,7 @@
 import pytest
 
-from detect.config import (
-    Config,
-    ConfigError,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-    to_toml,
-)
+from detect.config import Config, config_from_dict, load_config
+from extract.config import ConfigError, config_to_dict, to_toml
 
 
 def test_defaults_are_the_paper_settings():

@@ -17,10 +17,10 @@ from detect.datasets import (
     frames_to_seconds,
     seconds_to_frames,
     summarize,
-    video_id_from_path,
 )
 from detect.datasets.cli import app
 from detect.datasets.common import parse_split_spec
+from extract.pipeline import video_id_from_path
 
 # ---------------------------------------------------------------------------------------------
 # frame <-> second convention

@@ -24,14 +24,16 @@ from detect.e2e import (
 )
 from detect.evaluate import evaluate_run
 from detect.losses import SetCriterion
-from detect.rundir import BEST, LAST, load_checkpoint, read_metrics_rows
+from detect.rundir import BEST, LAST
 from detect.synth import synth_feature_set
 from detect.train import train
 from detect.windows import FrameOptions, WindowDataset, collate_windows
 from extract.__main__ import app
 from extract.cache import CacheError, FeatureSet
 from extract.decode import DecodeSettings, decode_all
-from extract.i3d import WeightsError, build_backbone, read_checkpoint, state_digest
+from extract.i3d import build_backbone, read_checkpoint
+from extract.io import load_checkpoint, read_metrics_rows
+from extract.weights import WeightsError, state_digest
 from tests.videos import write_noise_video
 
 ARGS = ["--weights", "random", "--short-side", "32", "--crop", "32", "--device", "cpu",

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from extract.__main__ import app
 from extract.cache import FeatureMeta, FeatureSet, feature_timestamps, read_video
+from extract.config import ExtractConfig
 from extract.decode import DecodeSettings, decode_all
 from extract.i3d import ChunkedExtractor, RunOptions, build_backbone
-from extract.pipeline import ExtractConfig, run_extraction, strip_suffix_id
+from extract.pipeline import run_extraction, strip_suffix_id
 from tests.videos import cfr_times, write_audio_only, write_noise_video, write_video
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 import extract.i3d as i3d
-from extract.i3d import (
-    ChunkedExtractor,
-    RunOptions,
-    WeightsError,
-    build_backbone,
-    required_halo,
-    temporal_reach,
-)
+from extract.i3d import ChunkedExtractor, RunOptions, build_backbone, required_halo, temporal_reach
+from extract.weights import WeightsError
 
 
 def _nontrivial_bn(backbone: torch.nn.Module, seed: int = 1) -> None:

@@ -1,13 +1,9 @@
 """bench/memtrack.py's live-tensor peak against hand-computed allocation sequences."""
 
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.memtrack import LiveTensorBytes  # noqa: E402
+from bench.memtrack import LiveTensorBytes
 
 MB = 2**20
 

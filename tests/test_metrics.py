@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from detect.annotations import parse_annotations
+from detect.detections import Detections, save_predictions
 from detect.metrics import (
     average_precision,
     f1_miga,
@@ -13,7 +14,6 @@ from detect.metrics import (
     score,
     score_files,
 )
-from detect.postprocess import Detections, save_predictions
 
 CLASSES = ["a", "b", "c"]
 

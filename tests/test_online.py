@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from detect.config import ModelConfig
+from detect.detections import Detections
 from detect.model import Detector
 from detect.online import OnlineDetector, OnlineMerger, WindowSettings
-from detect.postprocess import Detections, apply_threshold, decode_windows, merge_video
+from detect.postprocess import apply_threshold, decode_windows, merge_video
 from detect.windows import plan_windows, slice_padded
 
 

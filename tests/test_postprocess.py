@@ -6,18 +6,9 @@ import pytest
 import torch
 
 from detect.annotations import parse_annotations
-from detect.metrics import f1_miga
-from detect.postprocess import (
-    Detections,
-    PredictionError,
-    best_threshold,
-    decode_windows,
-    load_predictions,
-    merge_video,
-    nms_1d,
-    save_predictions,
-    tiou,
-)
+from detect.detections import Detections, PredictionError, load_predictions, save_predictions, tiou
+from detect.metrics import best_threshold, f1_miga
+from detect.postprocess import decode_windows, merge_video, nms_1d
 
 CLASSES = ["a", "b", "c"]
 

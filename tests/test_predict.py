@@ -8,14 +8,14 @@ from typer.testing import CliRunner
 
 from detect.__main__ import app
 from detect.config import load_config
-from detect.datasets.smg import video_id_from_path
 from detect.evaluate import evaluate_run
 from detect.predict import predict_videos
 from detect.render import render_dataset
-from detect.rundir import RunError
 from detect.train import train
+from extract.config import ExtractConfig
 from extract.i3d import _build
-from extract.pipeline import ExtractConfig, run_extraction
+from extract.io import RunError
+from extract.pipeline import run_extraction, video_id_from_path
 
 TINY = ["data.window=16", "model.hidden_dim=16", "model.num_queries=6", "model.num_points=6",
         "model.num_layers=1", "model.num_heads=2", "model.ffn_dim=32", "model.mix_dim=4",

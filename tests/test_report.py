@@ -12,9 +12,9 @@ import pytest
 
 from detect import plots
 from detect.annotations import Annotations, VideoAnnotations
-from detect.config import config_to_dict, load_config, to_toml
+from detect.config import load_config
+from detect.detections import Detections
 from detect.evaluate import evaluate_run
-from detect.postprocess import Detections
 from detect.report import (
     MatchSummary,
     ReportError,
@@ -23,9 +23,10 @@ from detect.report import (
     render_page,
     write_report,
 )
-from detect.rundir import RunError
 from detect.synth import synth_feature_set
 from detect.train import train
+from extract.config import config_to_dict, to_toml
+from extract.io import RunError
 
 mpl = pytest.importorskip("matplotlib", reason="the report extra: pip install -e '.[report]'")
 from matplotlib.colors import to_rgb  # noqa: E402

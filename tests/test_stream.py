@@ -20,13 +20,13 @@ import torch
 from typer.testing import CliRunner
 
 from detect.__main__ import app
-from detect.datasets.smg import video_id_from_path
 from detect.predict import predict_videos
 from detect.stream import EXIT_INTERRUPTED, EXIT_SOURCE_FAILED, EXIT_UNREADABLE, paced
 from extract.cache import FeatureSet
+from extract.config import ExtractConfig
 from extract.decode import DecodeSettings, FrameStream, decode_all
 from extract.i3d import ChunkedExtractor, I3DBackbone, RunOptions, _build
-from extract.pipeline import ExtractConfig, run_extraction
+from extract.pipeline import run_extraction, video_id_from_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_predict import _trained_run  # noqa: E402

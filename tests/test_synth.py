@@ -5,8 +5,8 @@ import numpy as np
 from detect import smg_profile
 from detect.annotations import load_annotations
 from detect.datasets.smg import SMG_CLASSES
+from detect.detections import Detections
 from detect.metrics import score
-from detect.postprocess import Detections
 from detect.synth import synth_feature_set
 from detect.windows import dense_targets, instances_in_feature_time
 

@@ -9,11 +9,12 @@ from detect.annotations import load_annotations
 from detect.config import load_config
 from detect.evaluate import evaluate_run
 from detect.metrics import score_files
-from detect.rundir import BEST, LAST, RunError, load_checkpoint, read_metrics_rows
+from detect.rundir import BEST, LAST
 from detect.submission import read_miga_csv
 from detect.synth import synth_feature_set
 from detect.train import TrainingDiverged, train
 from detect.windows import WindowDataset
+from extract.io import RunError, load_checkpoint, read_metrics_rows
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,8 @@ from detect.datasets.common import (
     summarize,
 )
 from detect.datasets.imigue import IMIGUE_CLASSES, convert_imigue
-from detect.datasets.smg import (
-    SMG_CLASSES,
-    convert_smg,
-    find_videos,
-    video_id_from_path,
-)
+from detect.datasets.smg import SMG_CLASSES, convert_smg, find_videos
+from extract.pipeline import video_id_from_path
 
 __all__ = [
     "IMIGUE_CLASSES",

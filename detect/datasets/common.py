@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.cache import atomic_write_json
+from extract.io import atomic_write_json
 
 SUBSETS = ("train", "val", "test")
 

@@ -61,16 +61,6 @@ SMG_CLASSES: tuple[str, ...] = (
 DEFAULT_SMG_SPLIT = "train=1-30;val=31-35;test=36-40"
 
 _FILE_RE = re.compile(r"^(Sample\d+)_(color\.mp4|finelabels\.csv|data\.csv)$")
-_VIDEO_RE = re.compile(r"^(Sample\d+)_color\.mp4$")
-
-
-def video_id_from_path(path: Path | str) -> str:
-    """`.../Sample0001_color.mp4` -> `Sample0001` (any other name: the stem, unchanged)."""
-    name = Path(path).name
-    m = _VIDEO_RE.match(name)
-    return m.group(1) if m else Path(name).stem
-
-
 def find_videos(root: Path) -> list[Path]:
     """Every `SampleXXXX_color.mp4` under `root` (recursive), sorted by video id."""
     return [s.video for s in find_sequences(root).values() if s.video is not None]

@@ -1,0 +1,18 @@
+"""The network a config asks for: the detector on cached features, or I3D + detector (e2e)."""
+
+from __future__ import annotations
+
+import torch
+
+from detect.config import Config
+from detect.e2e import build_e2e_model
+from detect.model.detector import Detector
+
+
+def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,
+                pretrained: bool = True) -> torch.nn.Module:
+    """The detector (features mode) or the I3D + detector (e2e mode; pretrained=False gives a
+    random backbone to load a checkpoint into)."""
+    if cfg.mode == "e2e":
+        return build_e2e_model(cfg, num_classes, pretrained=pretrained)
+    return Detector(cfg.model, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
