@@ -2,7 +2,7 @@
 
 For each generator seed: a `synth --profile smg` feature set (40 videos of 2-5 min, amplitude
 0.75, where the per-step linear probe scores f1_strict 0.35-0.4), the probe and dense-head
-baselines (detect.baselines), and the detector trained with the default small CPU config
+baselines (detect.experiments.baselines), and the detector trained with the default small CPU config
 (configs/synthetic-small.toml) and evaluated on `test`. Prints per-seed and mean f1_miga /
 f1_strict / mAP, the detector's training minutes, and the ratios against the probe that issue
 10 asks for (f1_strict >= 1.5x, mAP >= 2x, <= 10 CPU minutes of training), and writes them to
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from detect.baselines import BaselineConfig, run_baseline
 from detect.config import load_config
-from detect.evaluate import evaluate_run
-from detect.synth import synth_feature_set
-from detect.train import train
+from detect.evaluation.evaluate import evaluate_run
+from detect.experiments.baselines import BaselineConfig, run_baseline
+from detect.synthetic.features import synth_feature_set
+from detect.train.loop import train
 from extract.config import config_to_dict
 from extract.io import read_metrics_rows
 from extract.provenance import versions

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from detect.config import load_config
-from detect.evaluate import evaluate_run
-from detect.model import count_parameters
+from detect.evaluation.evaluate import evaluate_run
 from detect.model.build import build_model
-from detect.synth import synth_feature_set
-from detect.train import train
+from detect.model.detector import count_parameters
+from detect.synthetic.features import synth_feature_set
+from detect.train.loop import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic-small.toml"
 

@@ -39,8 +39,8 @@ import torch
 
 from bench.memtrack import LiveTensorBytes
 from detect.config import LossConfig, ModelConfig
-from detect.losses import SetCriterion
-from detect.model import Detector, count_parameters, parameter_groups
+from detect.model.detector import Detector, count_parameters, parameter_groups
+from detect.train.losses import SetCriterion
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detect.annotations import Annotations, VideoAnnotations
-from detect.detections import Detections
-from detect.metrics import f1_strict
-from detect.predict import predict_videos
-from detect.rundir import read_run
-from detect.stream import StreamOptions, stream
+from detect.apps.predict import predict_videos
+from detect.apps.stream import StreamOptions, stream
+from detect.data.annotations import Annotations, VideoAnnotations
+from detect.evaluation.metrics import f1_strict
+from detect.inference.detections import Detections
+from detect.runs import read_run
 from extract.pipeline import video_id_from_path
 
 REPO = Path(__file__).resolve().parents[1]

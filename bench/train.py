@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from detect.config import load_config
-from detect.evaluate import evaluate_run
-from detect.losses import SetCriterion
+from detect.data.windows import WindowDataset, collate_windows
+from detect.evaluation.evaluate import evaluate_run
 from detect.model.detector import Detector, parameter_groups
-from detect.synth import synth_feature_set
-from detect.train import train
-from detect.windows import WindowDataset, collate_windows
+from detect.synthetic.features import synth_feature_set
+from detect.train.loop import train
+from detect.train.losses import SetCriterion
 from extract.cache import FeatureSet
 
 C = 17  # SMG classes
@@ -118,7 +118,7 @@ def e2e_bench(window: int, steps: int, device: torch.device) -> None:
 
 def _e2e_step_time(cfg, crop: int, window: int, steps: int, device: torch.device,
                    crit: SetCriterion, targets: list, dense: torch.Tensor) -> float:
-    from detect.e2e import build_e2e_model, e2e_parameter_groups, run_model
+    from detect.model.e2e import build_e2e_model, e2e_parameter_groups, run_model
 
     torch.manual_seed(0)
     model = build_e2e_model(cfg, C).to(device)
@@ -158,7 +158,7 @@ def main() -> None:
         tmp = Path(tmp)
         fs, ann_path = synth_feature_set(tmp / "paper", videos=6, classes=C, seed=0, noise=1.0,
                                          dim=2048, min_duration_s=300, max_duration_s=300)
-        from detect.annotations import load_annotations
+        from detect.data.annotations import load_annotations
 
         ann = load_annotations(ann_path, feature_set=fs)
         cfg = load_config("configs/smg.toml")

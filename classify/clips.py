@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from detect.datasets.common import DatasetError
-from detect.datasets.imigue import (
+from detect.data.converters.common import DatasetError
+from detect.data.converters.imigue import (
     DEFAULT_IMIGUE_SPLIT,
     IMIGUE_CLASSES,
     find_label_files,

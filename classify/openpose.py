@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detect.datasets.common import DatasetError
+from detect.data.converters.common import DatasetError
 
 BODY_25: tuple[str, ...] = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",

@@ -1,4 +1,5 @@
-"""A synthetic iMiGUE: `detect.render`'s drawn figure in iMiGUE's files, with OpenPose keypoints.
+"""A synthetic iMiGUE: `detect.synthetic.videos`'s drawn figure in iMiGUE's files, with OpenPose
+keypoints.
 
 Each video is a player who gestures now and then (one gesture at a time, 0.3-2 s apart, about
 2.5 s long as iMiGUE's mean clip) at 25 fps. Ten of the drawn gestures stand for the iMiGUE
@@ -32,8 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from classify.openpose import NUM_KEYPOINTS, write_openpose_dir
-from detect.datasets.imigue import DEFAULT_TRAIN_SUBJECTS, FPS, ORIGINAL_COLUMNS
-from detect.render import GESTURES, PlannedGesture, _check_size, render_video
+from detect.data.converters.imigue import DEFAULT_TRAIN_SUBJECTS, FPS, ORIGINAL_COLUMNS
+from detect.synthetic.videos import GESTURES, PlannedGesture, check_size, render_video
 from extract.io import atomic_write_bytes, atomic_write_json
 
 # Drawn gesture -> iMiGUE file class (1-31, 99 illustrative).
@@ -172,7 +173,7 @@ def render_imigue(out: Path, videos: int = 16, minutes: float = 0.75, seed: int 
     out = Path(out)
     if videos < 2 or minutes <= 0:
         raise ValueError("need at least 2 videos and a positive length")
-    _check_size(size)
+    check_size(size)
     settings = {"videos": videos, "minutes": minutes, "seed": seed, "size": list(size),
                 "fps": FPS, "format": 2}  # 2: the mouth is drawn
     info = out / "render.json"

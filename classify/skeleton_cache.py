@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from classify.clips import ClipIndex
 from classify.openpose import read_keypoints
-from detect.datasets.common import DatasetError
+from detect.data.converters.common import DatasetError
 from extract.io import atomic_write_bytes, atomic_write_json
 
 

@@ -27,7 +27,7 @@ def train(
 ) -> None:
     """Train the detector on cached features; the best epoch is chosen on `val`."""
     from detect.config import load_config
-    from detect.train import train as run_train
+    from detect.train.loop import train as run_train
 
     cfg = load_config(config, set_ or [])
     result = run_train(cfg, features, annotations, out, resume=resume)
@@ -42,7 +42,7 @@ def eval_(
     subset: str = typer.Option("test", "--subset"),
 ) -> None:
     """Predict on a subset with the best checkpoint; write predictions, MiGA CSVs, metrics."""
-    from detect.evaluate import evaluate_run
+    from detect.evaluation.evaluate import evaluate_run
 
     evaluate_run(run, subset)
 
@@ -58,7 +58,7 @@ def predict(
         "1 - hop/window gives `stream --hop`'s windows)"),
 ) -> None:
     """Detect micro-gestures in new videos with a trained run (features made as for training)."""
-    from detect.predict import format_detections, predict_videos
+    from detect.apps.predict import format_detections, predict_videos
 
     id_fn = None
     if dataset == "smg":
@@ -87,8 +87,8 @@ def stream(
 
     Exit codes: 0 the source ended; 2 usage error or unusable run; 3 the source could not be
     read; 4 the source failed mid-stream (detections up to there written); 130 Ctrl-C."""
-    from detect.stream import EXIT_USAGE, StreamOptions
-    from detect.stream import stream as run_stream
+    from detect.apps.stream import EXIT_USAGE, StreamOptions
+    from detect.apps.stream import stream as run_stream
     from extract.io import RunError
 
     opts = StreamOptions(window=window or None, hop=hop or None, realtime=realtime,
@@ -108,7 +108,7 @@ def report(
     subset: str = typer.Option("test", "--subset"),
 ) -> None:
     """Write a self-contained HTML report of an evaluated run: RUN/report/index.html."""
-    from detect.report import write_report
+    from detect.apps.report import write_report
 
     typer.echo(f"report: {write_report(run, subset)}")
 
@@ -121,7 +121,7 @@ def score(
     out: Optional[Path] = typer.Option(None, "--out", help="write the metrics as JSON"),  # noqa: UP045
 ) -> None:
     """Score a predictions JSON against annotations (MiGA F1, strict F1, mAP)."""
-    from detect.metrics import format_table, score_files
+    from detect.evaluation.metrics import format_table, score_files
 
     metrics = score_files(predictions, annotations, subset, out)
     typer.echo(format_table(metrics))
@@ -144,7 +144,7 @@ def synth(
     max_minutes: float = typer.Option(5.0, "--max-minutes", help="longest video"),
 ) -> None:
     """Write a synthetic feature set and annotations.json (for tests, demos, benchmarks)."""
-    from detect.synth import synth_feature_set
+    from detect.synthetic.features import synth_feature_set
 
     fs, ann_path = synth_feature_set(out, videos=videos, classes=classes, seed=seed, noise=noise,
                                      profile=profile, amplitude=amplitude,
@@ -163,8 +163,8 @@ def baseline(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Fit a baseline on `train`, tune its threshold on `val`, score `test` like `eval`."""
-    from detect.baselines import BaselineConfig, run_baseline
-    from detect.metrics import format_table
+    from detect.evaluation.metrics import format_table
+    from detect.experiments.baselines import BaselineConfig, run_baseline
 
     metrics = run_baseline(BaselineConfig(kind=kind, seed=seed), features, annotations, out)
     typer.echo(format_table(metrics))
@@ -183,8 +183,8 @@ def ablate(
 ) -> None:
     """Train and evaluate every config on one feature cache; resumable; writes OUT/ablation.md
     and .csv (config, changed keys, f1_miga, f1_strict, mAP, params, s/epoch)."""
-    from detect.ablate import Ablation, format_markdown, run_ablation
-    from detect.baselines import KINDS
+    from detect.experiments.ablate import Ablation, format_markdown, run_ablation
+    from detect.experiments.baselines import KINDS
 
     kinds = tuple(k.strip() for k in baselines.split(",") if k.strip())
     bad = [k for k in kinds if k not in KINDS]
@@ -212,7 +212,7 @@ def demo(
     set_: Optional[list[str]] = SetOpt,  # noqa: UP007, UP045
 ) -> None:
     """Render a synthetic set, extract features, train a small detector, evaluate on test."""
-    from detect.demo import DemoSettings, run_demo
+    from detect.apps.demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(data=data, cache=cache, run=run, config=config, videos=videos,
                           minutes=minutes, classes=classes, short_side=crop, crop=crop,
@@ -220,8 +220,8 @@ def demo(
 
 
 def _mount_dataset_commands() -> None:
-    from detect.datasets.cli import app as convert_app
-    from detect.datasets.cli import synth_videos
+    from detect.apps.convert import app as convert_app
+    from detect.apps.convert import synth_videos
 
     app.add_typer(convert_app, name="convert", help="convert SMG / iMiGUE / ActivityNet labels")
     app.command("synth-videos")(synth_videos)
@@ -231,7 +231,7 @@ _mount_dataset_commands()
 
 
 def main() -> None:
-    from detect.plots import MissingMatplotlib
+    from detect.apps.plots import MissingMatplotlib
     from extract.config import ConfigError
     from extract.io import RunError
 

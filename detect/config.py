@@ -117,7 +117,7 @@ class TrainConfig:
     select_metric: str = "f1_miga"  # best checkpoint on val by this metric
     grad_accum: int = 1  # batches whose gradients add up before one optimiser step
     # > 0: evaluate, select and save an exponential moving average of the weights with this
-    # decay per optimiser step (detect/ema.py); 0 uses the raw weights.
+    # decay per optimiser step (detect/train/ema.py); 0 uses the raw weights.
     ema: float = 0.0
 
 

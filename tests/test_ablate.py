@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from detect.ablate import Ablation, changed_keys, run_ablation
 from detect.config import load_config
-from detect.rundir import LAST
-from detect.synth import synth_feature_set
+from detect.experiments.ablate import Ablation, changed_keys, run_ablation
+from detect.runs import LAST
+from detect.synthetic.features import synth_feature_set
 from extract.io import read_metrics_rows
 
 TINY_TOML = """

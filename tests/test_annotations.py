@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from detect.annotations import AnnotationError, load_annotations, save_annotations
+from detect.data.annotations import AnnotationError, load_annotations, save_annotations
 from extract.cache import FeatureMeta, FeatureSet, write_video
 from extract.io import atomic_write_json
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detect.annotations import load_annotations
-from detect.baselines import (
+from detect.data.annotations import load_annotations
+from detect.evaluation.metrics import score_files
+from detect.experiments.baselines import (
     BaselineConfig,
     _videos,
     argmax_runs,
@@ -17,8 +18,7 @@ from detect.baselines import (
     run_baseline,
     runs,
 )
-from detect.metrics import score_files
-from detect.synth import synth_feature_set
+from detect.synthetic.features import synth_feature_set
 from extract.cache import FeatureSet
 
 

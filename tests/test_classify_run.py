@@ -15,9 +15,9 @@ from classify.config import load_classify_config
 from classify.render import CLASS_MAP, render_imigue
 from classify.skeleton_cache import load_skeletons
 from classify.train import run_classify
-from detect.datasets.common import DatasetError, probe_video
-from detect.datasets.imigue import DEFAULT_TRAIN_SUBJECTS, IMIGUE_CLASSES
-from detect.render import GESTURES
+from detect.data.converters.common import DatasetError, probe_video
+from detect.data.converters.imigue import DEFAULT_TRAIN_SUBJECTS, IMIGUE_CLASSES
+from detect.synthetic.videos import GESTURES
 
 TINY = ["data.frames=16", "skeleton.agcn.channels=[16, 16, 16, 16]",
         "train.epochs=3", "train.batch_size=16", "train.warmup_epochs=1", "train.threads=2"]

@@ -29,7 +29,7 @@ from classify.skeleton import (
     normalise,
     sample_frames,
 )
-from detect.datasets.common import DatasetError
+from detect.data.converters.common import DatasetError
 
 
 def random_keypoints(t: int, seed: int = 0) -> np.ndarray:

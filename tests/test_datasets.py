@@ -6,20 +6,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from detect.datasets import (
-    IMIGUE_CLASSES,
-    SMG_CLASSES,
+from detect.apps.convert import app
+from detect.data.converters.activitynet import convert_activitynet
+from detect.data.converters.common import (
     DatasetError,
-    convert_activitynet,
-    convert_imigue,
-    convert_smg,
-    find_videos,
     frames_to_seconds,
+    parse_split_spec,
     seconds_to_frames,
     summarize,
 )
-from detect.datasets.cli import app
-from detect.datasets.common import parse_split_spec
+from detect.data.converters.imigue import IMIGUE_CLASSES, convert_imigue
+from detect.data.converters.smg import SMG_CLASSES, convert_smg, find_videos
 from extract.pipeline import video_id_from_path
 
 # ---------------------------------------------------------------------------------------------

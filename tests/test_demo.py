@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from detect.demo import DemoSettings, run_demo
+from detect.apps.demo import DemoSettings, run_demo
 
 
 @pytest.mark.slow

@@ -11,23 +11,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from detect.annotations import load_annotations
-from detect.augment import JITTER_IDENTITY, WindowAugment, crop_flip, hue_matrix, photometric
-from detect.augment import sample_augment as draw
 from detect.config import AugmentConfig, load_config
-from detect.e2e import (
-    build_e2e_model,
-    e2e_parameter_groups,
-    feature_mismatch,
-    run_model,
-    window_dataset,
-)
-from detect.evaluate import evaluate_run
-from detect.losses import SetCriterion
-from detect.rundir import BEST, LAST
-from detect.synth import synth_feature_set
-from detect.train import train
-from detect.windows import FrameOptions, WindowDataset, collate_windows
+from detect.data.annotations import load_annotations
+from detect.data.augment import JITTER_IDENTITY, WindowAugment, crop_flip, hue_matrix, photometric
+from detect.data.augment import sample_augment as draw
+from detect.data.windows import FrameOptions, WindowDataset, collate_windows, window_dataset
+from detect.evaluation.evaluate import evaluate_run
+from detect.model.e2e import build_e2e_model, e2e_parameter_groups, feature_mismatch, run_model
+from detect.runs import BEST, LAST
+from detect.synthetic.features import synth_feature_set
+from detect.train.loop import train
+from detect.train.losses import SetCriterion
 from extract.__main__ import app
 from extract.cache import CacheError, FeatureSet
 from extract.decode import DecodeSettings, decode_all

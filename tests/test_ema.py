@@ -1,10 +1,10 @@
-"""detect.ema.WeightEMA against a float64 loop, and what training with train.ema saves."""
+"""detect.train.ema.WeightEMA against a float64 loop, and what training with train.ema saves."""
 
 import pytest
 import torch
 from torch import nn
 
-from detect.ema import WeightEMA
+from detect.train.ema import WeightEMA
 
 
 def test_ema_matches_a_float64_loop_and_copies_buffers():

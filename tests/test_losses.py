@@ -5,8 +5,8 @@ import torch
 import torch.distributed as dist
 
 from detect.config import LossConfig
-from detect.losses import SetCriterion
-from detect.matching import HungarianMatcher
+from detect.train.losses import SetCriterion
+from detect.train.matching import HungarianMatcher
 
 
 def softplus(x):

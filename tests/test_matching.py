@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from detect.config import LossConfig
-from detect.matching import HungarianMatcher
+from detect.train.matching import HungarianMatcher
 
 
 def ref_cost(matcher, logits, segments, labels, gts):

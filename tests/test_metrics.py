@@ -3,9 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from detect.annotations import parse_annotations
-from detect.detections import Detections, save_predictions
-from detect.metrics import (
+from detect.data.annotations import parse_annotations
+from detect.evaluation.metrics import (
     average_precision,
     f1_miga,
     f1_strict,
@@ -14,6 +13,7 @@ from detect.metrics import (
     score,
     score_files,
 )
+from detect.inference.detections import Detections, save_predictions
 
 CLASSES = ["a", "b", "c"]
 

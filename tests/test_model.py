@@ -5,14 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from detect.config import MambaConfig, ModelConfig
-from detect.model import (
-    Detector,
-    Mamba,
-    init_query_points,
-    num_boundary_points,
-    parameter_groups,
-    points_to_segments,
-)
+from detect.model.decoder import num_boundary_points, points_to_segments
+from detect.model.detector import Detector, init_query_points, parameter_groups
+from detect.model.mamba import Mamba
 
 IN_DIM, C = 12, 3
 
@@ -355,8 +350,8 @@ def test_dynamic_mixing_equals_a_per_query_loop(mixing):
 
 def test_lean_mixing_parameters_at_the_paper_config():
     """The paper model: D=512, m=64, Ns=30. PointTAD's mixing is 85% of it; lean cuts it ~10x."""
-    from detect.model import count_parameters
     from detect.model.decoder import DynamicMixing
+    from detect.model.detector import count_parameters
 
     full, lean = DynamicMixing(512, 30, 64, "full"), DynamicMixing(512, 30, 64, "lean")
     assert count_parameters(full) == 512 * 65536 + 65536 + 30720 * 512 + 512 + 512 * 900 + 900 \

@@ -1,4 +1,4 @@
-"""Stage two online (detect/online.py): what it emits equals offline merging over the same
+"""Stage two online (detect/inference/online.py): what it emits equals offline merging over the same
 windows, nothing is emitted before it is final, and memory stays bounded."""
 
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from detect.config import ModelConfig
-from detect.detections import Detections
-from detect.model import Detector
-from detect.online import OnlineDetector, OnlineMerger, WindowSettings
-from detect.postprocess import apply_threshold, decode_windows, merge_video
-from detect.windows import plan_windows, slice_padded
+from detect.data.windows import plan_windows, slice_padded
+from detect.inference.detections import Detections
+from detect.inference.online import OnlineDetector, OnlineMerger, WindowSettings
+from detect.inference.postprocess import apply_threshold, decode_windows, merge_video
+from detect.model.detector import Detector
 
 
 def as_set(d: Detections) -> set[tuple]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from detect.ops import TIOU_EPS, cl_to_se, paired_tiou, se_to_cl, segment_tiou
+from detect.model.segments import TIOU_EPS, cl_to_se, paired_tiou, se_to_cl, segment_tiou
 
 
 def loop_tiou(a, b, eps=TIOU_EPS):
@@ -110,7 +110,7 @@ def _iou_loss_reference(a, b, kind):
 
 @pytest.mark.parametrize("kind", ["iou", "giou", "diou"])
 def test_paired_iou_losses_match_the_definitions_and_pull_disjoint_pairs(kind):
-    from detect.ops import paired_iou_loss
+    from detect.model.segments import paired_iou_loss
     torch.manual_seed(0)
     s = torch.rand(50, 2, dtype=torch.float64)
     a = torch.stack([s.min(1).values, s.max(1).values], 1)

@@ -5,10 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from detect.annotations import parse_annotations
-from detect.detections import Detections, PredictionError, load_predictions, save_predictions, tiou
-from detect.metrics import best_threshold, f1_miga
-from detect.postprocess import decode_windows, merge_video, nms_1d
+from detect.data.annotations import parse_annotations
+from detect.evaluation.metrics import best_threshold, f1_miga
+from detect.inference.detections import (
+    Detections,
+    PredictionError,
+    load_predictions,
+    save_predictions,
+    tiou,
+)
+from detect.inference.postprocess import decode_windows, merge_video, nms_1d
 
 CLASSES = ["a", "b", "c"]
 
@@ -190,7 +196,7 @@ def test_predictions_roundtrip_and_errors(tmp_path):
 
 
 def test_miga_csvs(tmp_path):
-    from detect.submission import SubmissionError, read_miga_csv, write_miga_csvs
+    from detect.evaluation.submission import SubmissionError, read_miga_csv, write_miga_csvs
 
     db = {
         "Sample0036": {"subset": "test", "duration": 10.0, "fps": 30.0, "annotations": []},
@@ -222,8 +228,8 @@ def test_miga_csvs(tmp_path):
 
 def test_miga_csv_of_ground_truth_gives_back_the_label_rows(tmp_path):
     """Labels -> seconds (converters) -> MiGA CSV (submission) is the identity on frames."""
-    from detect.datasets.common import frames_to_seconds
-    from detect.submission import read_miga_csv, write_miga_csvs
+    from detect.data.converters.common import frames_to_seconds
+    from detect.evaluation.submission import read_miga_csv, write_miga_csvs
 
     rows = [(2, 0, 0), (1, 14, 75), (3, 299, 299), (1, 100, 101)]  # 1-based class, inclusive
     segs = [frames_to_seconds(a, b, 29.97) for _, a, b in rows]

@@ -7,11 +7,11 @@ import torch
 from typer.testing import CliRunner
 
 from detect.__main__ import app
+from detect.apps.predict import predict_videos
 from detect.config import load_config
-from detect.evaluate import evaluate_run
-from detect.predict import predict_videos
-from detect.render import render_dataset
-from detect.train import train
+from detect.evaluation.evaluate import evaluate_run
+from detect.synthetic.videos import render_dataset
+from detect.train.loop import train
 from extract.config import ExtractConfig
 from extract.i3d import _build
 from extract.io import RunError

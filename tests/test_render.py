@@ -7,9 +7,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from detect.datasets import convert_smg
-from detect.datasets.cli import synth_videos
-from detect.render import (
+from detect.apps.convert import synth_videos
+from detect.data.converters.smg import convert_smg
+from detect.synthetic.videos import (
     GESTURES,
     JOINTS,
     PlannedGesture,

@@ -10,12 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from detect import plots
-from detect.annotations import Annotations, VideoAnnotations
-from detect.config import load_config
-from detect.detections import Detections
-from detect.evaluate import evaluate_run
-from detect.report import (
+from detect.apps import plots
+from detect.apps.report import (
     MatchSummary,
     ReportError,
     match_any_class,
@@ -23,8 +19,12 @@ from detect.report import (
     render_page,
     write_report,
 )
-from detect.synth import synth_feature_set
-from detect.train import train
+from detect.config import load_config
+from detect.data.annotations import Annotations, VideoAnnotations
+from detect.evaluation.evaluate import evaluate_run
+from detect.inference.detections import Detections
+from detect.synthetic.features import synth_feature_set
+from detect.train.loop import train
 from extract.config import config_to_dict, to_toml
 from extract.io import RunError
 

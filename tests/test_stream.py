@@ -20,8 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from detect.__main__ import app
-from detect.predict import predict_videos
-from detect.stream import EXIT_INTERRUPTED, EXIT_SOURCE_FAILED, EXIT_UNREADABLE, paced
+from detect.apps.predict import predict_videos
+from detect.apps.stream import EXIT_INTERRUPTED, EXIT_SOURCE_FAILED, EXIT_UNREADABLE, paced
 from extract.cache import FeatureSet
 from extract.config import ExtractConfig
 from extract.decode import DecodeSettings, FrameStream, decode_all

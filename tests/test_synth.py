@@ -2,13 +2,13 @@ import json
 
 import numpy as np
 
-from detect import smg_profile
-from detect.annotations import load_annotations
-from detect.datasets.smg import SMG_CLASSES
-from detect.detections import Detections
-from detect.metrics import score
-from detect.synth import synth_feature_set
-from detect.windows import dense_targets, instances_in_feature_time
+from detect.data.annotations import load_annotations
+from detect.data.converters.smg import SMG_CLASSES
+from detect.data.windows import dense_targets, instances_in_feature_time
+from detect.evaluation.metrics import score
+from detect.inference.detections import Detections
+from detect.synthetic import smg_profile
+from detect.synthetic.features import synth_feature_set
 
 STEP_S = 0.4
 
@@ -148,7 +148,7 @@ def test_smg_profile_follows_smg_statistics(tmp_path):
 
 
 def test_smg_profile_amplitude_sets_difficulty(tmp_path):
-    from detect.baselines import BaselineConfig, run_baseline
+    from detect.experiments.baselines import BaselineConfig, run_baseline
 
     f1 = {}
     for a in (0.3, 1.5):

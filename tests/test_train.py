@@ -5,15 +5,15 @@ import json
 import pytest
 import torch
 
-from detect.annotations import load_annotations
 from detect.config import load_config
-from detect.evaluate import evaluate_run
-from detect.metrics import score_files
-from detect.rundir import BEST, LAST
-from detect.submission import read_miga_csv
-from detect.synth import synth_feature_set
-from detect.train import TrainingDiverged, train
-from detect.windows import WindowDataset
+from detect.data.annotations import load_annotations
+from detect.data.windows import WindowDataset
+from detect.evaluation.evaluate import evaluate_run
+from detect.evaluation.metrics import score_files
+from detect.evaluation.submission import read_miga_csv
+from detect.runs import BEST, LAST
+from detect.synthetic.features import synth_feature_set
+from detect.train.loop import TrainingDiverged, train
 from extract.io import RunError, load_checkpoint, read_metrics_rows
 
 
@@ -140,7 +140,7 @@ def test_two_process_ddp_training_on_cpu(tiny_set, tmp_path):
 def test_feature_stats_match_numpy_and_are_stored_in_the_checkpoint(tiny_set, tmp_path):
     import numpy as np
 
-    from detect.train import feature_stats
+    from detect.train.loop import feature_stats
 
     fs, ann = tiny_set
     cfg = load_config(None, [*TINY, "train.epochs=1"])

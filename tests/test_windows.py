@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from detect.annotations import parse_annotations
 from detect.config import DataConfig
-from detect.windows import (
+from detect.data.annotations import parse_annotations
+from detect.data.windows import (
     WindowDataset,
     collate_windows,
     dense_targets,

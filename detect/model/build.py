@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from detect.config import Config
-from detect.e2e import build_e2e_model
 from detect.model.detector import Detector
+from detect.model.e2e import build_e2e_model
 
 
 def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,

@@ -1,0 +1,170 @@
+"""`python -m detect predict VIDEO... --run runs/NAME`: detections on new videos.
+
+Features are extracted with exactly the settings recorded in the run's feature set (model,
+weights digest, fps, stride, resize, crop, layers, dtype); a run whose weights are not available
+here is refused before any video is decoded. Outputs per call, under `--out` (default
+`runs/NAME/predict/`): `predictions.json`, `submission/<video>_prediction.csv` (MiGA format) and,
+with matplotlib, `timelines/<video>.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detect.data.annotations import Annotations, VideoAnnotations
+from detect.inference.detections import Detections
+from detect.inference.postprocess import apply_threshold
+from detect.runs import read_run, run_feature_set, score_threshold
+from extract.cache import FeatureSet, read_meta, settings_key
+from extract.io import RunError, atomic_write_json
+from extract.provenance import versions
+
+SUBSET = "test"  # new, unlabelled videos are scored like the test split
+
+
+def _weights_source(fs: FeatureSet) -> tuple[str, int]:
+    """(weights argument, seed) that reproduce the feature set's weights digest."""
+    s = fs.settings
+    digest = s["weights_sha256"]
+    records = sorted((fs.path / "runs").glob("*.json"), reverse=True)
+    for rec in records:
+        data = json.loads(rec.read_text())
+        w = data.get("weights", {})
+        if w.get("sha256") == digest:
+            seed = int(w.get("seed") or data.get("config", {}).get("seed", 0))
+            return w["label"], seed
+    # No run record (a copied feature set): the per-video files name the weights too.
+    for vid in fs.video_ids()[:1]:
+        meta = read_meta(fs.video_path(vid))
+        return meta.weights, 0
+    raise RunError(f"{fs.path}: cannot tell which weights made this feature set")
+
+
+def extraction_config_for(fs: FeatureSet) -> Any:
+    """The `ExtractConfig` that reproduces `fs`; raises RunError when its weights are missing
+    here or give another digest."""
+    from extract.config import ExtractConfig
+    from extract.i3d import build_backbone
+    from extract.pipeline import featureset_settings
+    from extract.weights import WeightsError
+
+    s = fs.settings
+    weights, seed = _weights_source(fs)
+    cfg = ExtractConfig(weights=weights, seed=seed, stride=int(s["stride"]),
+                        short_side=int(s["short_side"]), crop=int(s["crop"]),
+                        res4="res4" in s["layers"], dtype=s["dtype"], fps=float(s["fps"]))
+    try:
+        _, info = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
+    except WeightsError as e:
+        raise RunError(
+            f"the run's features were made with weights {weights!r}, which are not usable here: "
+            f"{e}"
+        ) from e
+    name, settings = featureset_settings(cfg, info)
+    if settings_key(name, settings) != fs.key:
+        raise RunError(
+            f"weights {weights!r} here have digest {info.sha256[:12]}..., but the run's feature "
+            f"set was made with {s['weights_sha256'][:12]}...; refusing to predict with other "
+            "features than the detector was trained on"
+        )
+    return cfg
+
+
+def predict_videos(
+    videos: list[Path], run: Path, out: Path | None = None, progress: bool = True,
+    id_fn: Any = None, eval_overlap: float | None = None,
+) -> tuple[dict[str, Detections], list[str]]:
+    """Extract, detect and write outputs for `videos`; returns the thresholded detections and
+    the class names. `predict.json` records the run, threshold, windows, videos and versions.
+
+    eval_overlap: overlap of consecutive windows instead of the run's `data.eval_overlap`
+    (1 - hop / window gives `detect stream --hop`'s windows)."""
+    import torch
+
+    from detect.data.windows import WindowDataset
+    from detect.evaluation.submission import write_miga_csvs
+    from detect.inference.detections import save_predictions
+    from detect.inference.predictor import load_run_model, predict
+    from extract.pipeline import format_summary, run_extraction
+    from extract.runtime import resolve_device
+
+    run = Path(run)
+    cfg, info = read_run(run)
+    if eval_overlap is not None:
+        if not 0 <= eval_overlap < 1:
+            raise RunError(f"eval_overlap must be in [0, 1), got {eval_overlap}")
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                eval_overlap=eval_overlap))
+    out = Path(out) if out is not None else run / "predict"
+    train_fs = run_feature_set(run, info)
+    ecfg = extraction_config_for(train_fs)
+    created = [d for d in (out, out / "features") if not d.exists()]
+    summary = run_extraction(videos, out / "features", ecfg, id_fn=id_fn, progress=progress)
+    if summary.failed:
+        print(format_summary(summary))
+    fs = FeatureSet.open(summary.featureset)
+    done = [v for v in [*summary.done, *summary.skipped] if fs.has(v)]
+    if not done:
+        if not fs.video_ids():  # a set this call made for nothing: leave no trace of it
+            shutil.rmtree(fs.path)
+        for d in reversed(created):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise RunError("no video could be read; see the messages above")
+    device = resolve_device(cfg.train.device)
+    model, ck = load_run_model(run, device)
+    classes = list(ck["classes"])
+    ann = Annotations(classes=classes, videos={})
+    for vid in done:
+        meta = read_meta(fs.video_path(vid))
+        ann.videos[vid] = VideoAnnotations(SUBSET, meta.duration, meta.source_fps,
+                                           np.zeros((0, 2)), np.zeros(0, np.int64))
+    dataset = WindowDataset(fs, ann, SUBSET, cfg.data, train=False)
+    threshold = score_threshold(cfg, ck)
+    with torch.inference_mode():
+        preds = apply_threshold(predict(model, dataset, cfg, device, progress=progress),
+                                threshold)
+    save_predictions(out / "predictions.json", preds, classes)
+    write_miga_csvs(preds, ann, out / "submission")
+    atomic_write_json(out / "predict.json", {
+        "run": str(run.resolve()), "checkpoint_epoch": ck["best_epoch"], "threshold": threshold,
+        "window": cfg.data.window, "eval_overlap": cfg.data.eval_overlap, "videos": done,
+        "feature_set": str(fs.path), "failed": summary.failed, "versions": versions()})
+    _timelines(preds, ann, out / "timelines", threshold)
+    return preds, classes
+
+
+def _timelines(preds: dict[str, Detections], ann: Annotations, folder: Path,
+               threshold: float) -> None:
+    from detect.apps.plots import MissingMatplotlib, plot_timeline, score_norm
+
+    try:
+        norm = score_norm(threshold)
+    except MissingMatplotlib:  # the timelines need the optional `report` extra
+        print("no timeline PNGs: pip install -e '.[report]' for them")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for vid, dets in preds.items():
+        v = ann.videos[vid]
+        plot_timeline(v.segments, v.labels, dets, ann.classes, v.duration,
+                      folder / f"{vid}.png", title=vid, norm=norm)
+
+
+def format_detections(preds: dict[str, Detections], classes: list[str], limit: int = 50) -> str:
+    """A table of detections (video, class, start, end, score), at most `limit` rows."""
+    rows = [(vid, classes[int(d.label[i])], d.start[i], d.end[i], d.score[i])
+            for vid, d in sorted(preds.items()) for i in np.argsort(d.start)]
+    lines = [f"{'video':<16} {'class':<32} {'start':>8} {'end':>8} {'score':>6}"]
+    for vid, name, s, e, sc in rows[:limit]:
+        lines.append(f"{vid:<16} {name[:32]:<32} {s:8.2f} {e:8.2f} {sc:6.3f}")
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more in predictions.json")
+    if not rows:
+        lines.append("(no detections above the threshold)")
+    return "\n".join(lines)

@@ -1,0 +1,270 @@
+"""`python -m detect stream SOURCE --run runs/NAME`: detections while the video plays.
+
+SOURCE is a video file, a camera (`/dev/video0`, through FFmpeg's v4l2) or any URL FFmpeg opens
+(rtsp://, http://, udp://, ...); `--realtime` paces a file at its own speed, as a camera would.
+
+- Stage one is offline's (`ChunkedExtractor.iter_steps`: the same chunks and halos), run on the
+  frames as they arrive, with the run's extraction settings and weights; the features equal the
+  feature set's (tests/test_stream.py) and memory does not grow with the stream.
+- Stage two runs windows of `--window` steps every `--hop` steps (`detect/inference/online.py`); a
+  detection is written once it is final (no later window can change it) and never revised.
+- Output: one JSON line per detection on stdout and in `--out` (default
+  RUN/stream/<source>-<UTC time>.jsonl): class, label, start, end, score (seconds of video
+  time), emitted_at (seconds since the first frame arrived, wall clock: on a live or paced
+  source, emitted_at - end is the delay a viewer sees) and source_time (video time received
+  when it was emitted). Next to it, `<same name>.json` records the run, source, settings,
+  versions, outcome and latency figures.
+
+Exit codes:
+  0    the source ended; everything was final and written
+  2    usage error, or a run this command cannot use (not a run, e2e run, weights missing)
+  3    the source could not be opened or sent no frame
+  4    the source failed mid-stream: detections up to the failure are final and written
+  130  interrupted (Ctrl-C): what was final is written, nothing after it
+
+Latency: a detection ending at t is final once the window starting after t - hop has run, i.e.
+about W - hop steps later, plus stage one's chunk and halo (`--chunk-frames` + 18 frames).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detect.inference.detections import Detections
+from detect.inference.online import OnlineDetector, WindowSettings
+from detect.runs import read_run, run_feature_set, score_threshold
+from extract.decode import DecodeError, DecodeSettings, FrameStream, is_live
+from extract.io import RunError, atomic_write_json
+from extract.provenance import versions
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_UNREADABLE = 3
+EXIT_SOURCE_FAILED = 4
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class StreamOptions:
+    """window / hop in feature steps (default: the run's window, hop = window // 4);
+    chunk_frames: stage one's core frames per chunk (lower: less latency, more halo overhead);
+    threshold: default the run's."""
+
+    window: int | None = None
+    hop: int | None = None
+    realtime: bool = False
+    chunk_frames: int = 32
+    threshold: float | None = None
+    device: str = "auto"
+
+
+@dataclass
+class StreamResult:
+    exit_code: int
+    message: str
+    out: Path
+    detections: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    latency: list[float] = field(default_factory=list)  # emitted_at - end, per detection
+    source_latency: list[float] = field(default_factory=list)  # source_time - end
+    stage_two: list[tuple[int, float]] = field(default_factory=list)  # (windows, s) per call
+
+
+def paced(chunks: Iterable[torch.Tensor], fps: float,
+          clock: Callable[[], float] = time.monotonic) -> Iterator[torch.Tensor]:
+    """Hold each chunk of frames until its last frame's time has come (frame k at k / fps after
+    the first one): a file played as a camera would send it."""
+    t0: float | None = None
+    k = 0
+    for chunk in chunks:
+        if t0 is None:
+            t0 = clock()
+        k += len(chunk)
+        wait = t0 + (k - 1) / fps - clock()
+        if wait > 0:
+            time.sleep(wait)
+        yield chunk
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    v = np.asarray(values, np.float64)
+    if not v.size:
+        return None
+    return {"median": float(np.median(v)), "p95": float(np.percentile(v, 95)),
+            "max": float(v.max())}
+
+
+def default_out(run: Path, source: str) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.rstrip("/")).stem or "source")[:60]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(run) / "stream" / f"{name}-{stamp}.jsonl"
+
+
+class _Frames:
+    """The decoder's chunks, counted; a decoding error ends the iteration (kept in `error`), so
+    stage one finishes on the frames that did arrive, as it would on a shorter video."""
+
+    def __init__(self, chunks: Iterable[torch.Tensor]) -> None:
+        self.chunks = chunks
+        self.count = 0
+        self.first_at: float | None = None
+        self.error: DecodeError | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        try:
+            for c in self.chunks:
+                if self.first_at is None:
+                    self.first_at = time.monotonic()
+                self.count += len(c)
+                yield c
+        except DecodeError as e:
+            self.error = e
+
+
+def stream(source: str, run: Path, out: Path | None = None,
+           options: StreamOptions | None = None, progress: bool = True,
+           echo: bool = True) -> StreamResult:
+    """Stream `source` through a trained run; see the module docstring. Each detection also
+    goes to stdout when `echo`. Raises RunError (exit 2) for a run it cannot use, before the
+    source is opened."""
+    from detect.apps.predict import extraction_config_for
+    from detect.inference.predictor import load_run_model
+    from extract.i3d import ChunkedExtractor, RunOptions, build_backbone
+    from extract.runtime import resolve_device
+
+    opts = options or StreamOptions()
+    stdout = sys.stdout if echo else None
+    run = Path(run)
+    cfg, info = read_run(run)
+    if cfg.mode != "features":
+        raise RunError(f"{run}: an end-to-end run; streaming needs a run trained on cached "
+                       "features (its I3D is the feature set's)")
+    train_fs = run_feature_set(run, info)
+    ecfg = extraction_config_for(train_fs)
+    window = opts.window or cfg.data.window
+    hop = opts.hop or max(1, window // 4)
+    device = resolve_device(opts.device)
+    backbone, _ = build_backbone(ecfg.weights, ecfg.seed, res4=ecfg.res4)
+    try:
+        settings = WindowSettings(window, hop, ecfg.stride, ecfg.fps)
+        extractor = ChunkedExtractor(backbone, ecfg.stride, device,
+                                     RunOptions(chunk_frames=opts.chunk_frames))
+    except ValueError as e:
+        raise RunError(f"{e} (--window, --hop, --chunk-frames)") from e
+    model, ck = load_run_model(run, device)
+    classes = list(ck["classes"])
+    threshold = opts.threshold
+    if threshold is None:
+        threshold = score_threshold(cfg, ck)
+    cache_dtype = np.dtype(train_fs.settings["dtype"])
+    use_res4 = cfg.data.use_res4
+
+    out = Path(out) if out is not None else default_out(run, source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record_path = out.with_suffix(".json")
+    record: dict[str, Any] = {
+        "source": source, "live": is_live(source), "run": str(run.resolve()),
+        "checkpoint_epoch": ck["best_epoch"], "feature_set": str(train_fs.path),
+        "options": asdict(opts), "window": window, "hop": hop, "threshold": float(threshold),
+        "nms_iou": cfg.eval.nms_iou, "device": str(device), "detections_file": out.name,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "running", "versions": versions(),
+    }
+    atomic_write_json(record_path, record)
+
+    decode = DecodeSettings(ecfg.fps, ecfg.short_side, ecfg.crop)
+    frames_src = FrameStream(source, decode, chunk=ecfg.stride, track_pts=False)
+    frames = _Frames(paced(frames_src, ecfg.fps) if opts.realtime else frames_src)
+    result = StreamResult(1, "stopped by an unexpected error (see the traceback)", out)
+    online = OnlineDetector(model, settings, cfg.eval.nms_iou, float(threshold),
+                            focal=cfg.loss.focal, device=device,
+                            on_window=lambda n, sec: result.stage_two.append((n, sec)),
+                            top_k=cfg.eval.top_k, dense_fusion=cfg.eval.dense_fusion)
+    bar = tqdm(desc=f"stream {source}", unit="frame", disable=not progress, file=sys.stderr,
+               leave=False)
+    t_start = time.monotonic()
+
+    def write(dets: Detections, f: IO[str]) -> None:
+        now = time.monotonic()
+        since = now - (frames.first_at or now)
+        for i in range(len(dets)):
+            line = json.dumps({
+                "class": classes[int(dets.label[i])], "label": int(dets.label[i]),
+                "start": round(float(dets.start[i]), 4), "end": round(float(dets.end[i]), 4),
+                "score": round(float(dets.score[i]), 5), "emitted_at": round(since, 3),
+                "source_time": round(frames.count / ecfg.fps, 3)})
+            f.write(line + "\n")
+            if stdout is not None:
+                stdout.write(line + "\n")
+            result.latency.append(since - float(dets.end[i]))
+            result.source_latency.append(frames.count / ecfg.fps - float(dets.end[i]))
+        if len(dets):
+            f.flush()
+            if stdout is not None:
+                stdout.flush()
+        result.detections += len(dets)
+
+    try:
+        with open(out, "w") as f:
+            try:
+                frames_src.start()
+                for r5, r4 in extractor.iter_steps(frames, progress=bar.update):
+                    r5 = r5.astype(cache_dtype).astype(np.float32)  # as the cache stores them
+                    if r4 is not None:
+                        r4 = r4.astype(cache_dtype).astype(np.float32)
+                    write(online.push(r5, r4 if use_res4 else None), f)
+                    bar.set_postfix(detections=result.detections, refresh=False)
+                if frames.error is not None and frames.count == 0:
+                    result.exit_code = EXIT_UNREADABLE
+                    result.message = f"cannot read the source: {frames.error}"
+                else:
+                    write(online.finish(), f)
+                    if frames.error is not None:
+                        result.exit_code = EXIT_SOURCE_FAILED
+                        result.message = (
+                            f"the source failed after {frames.count} frames "
+                            f"({frames.count / ecfg.fps:.1f} s): {frames.error}; the "
+                            "detections up to there are final and written")
+                    else:
+                        result.exit_code = EXIT_OK
+                        result.message = (f"the source ended after {frames.count} frames "
+                                          f"({frames.count / ecfg.fps:.1f} s)")
+            except KeyboardInterrupt:
+                result.exit_code = EXIT_INTERRUPTED
+                result.message = (f"interrupted after {frames.count} frames "
+                                  f"({frames.count / ecfg.fps:.1f} s): the detections final by "
+                                  "then are written, later ones are not")
+    finally:
+        frames_src.close()
+        bar.close()
+        result.frames = frames.count
+        result.seconds = time.monotonic() - t_start
+        video_s = frames.count / ecfg.fps
+        record.update({
+            "status": {EXIT_OK: "ended", EXIT_UNREADABLE: "unreadable",
+                       EXIT_SOURCE_FAILED: "source failed",
+                       EXIT_INTERRUPTED: "interrupted"}.get(result.exit_code, "error"),
+            "exit_code": result.exit_code, "message": result.message,
+            "frames": frames.count, "video_seconds": video_s, "wall_seconds": result.seconds,
+            "real_time_factor": result.seconds / video_s if video_s else None,
+            "detections": result.detections,
+            # Wall-clock delay (a live or paced source) and delay in video time received.
+            "latency_s": _spread(result.latency),
+            "source_latency_s": _spread(result.source_latency),
+            "stage_two_s_per_window": _spread([sec / n for n, sec in result.stage_two]),
+        })
+        atomic_write_json(record_path, record)
+    return result

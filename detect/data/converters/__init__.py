@@ -1,0 +1,1 @@
+"""SMG, iMiGUE and ActivityNet-style label layouts converted to canonical annotations."""

@@ -1,0 +1,1 @@
+"""Experiments over one feature cache: per-step baselines and config ablations."""

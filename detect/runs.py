@@ -1,0 +1,79 @@
+"""A run directory: everything needed to trace and reproduce a training run.
+
+    runs/NAME/config.toml          the resolved config
+    runs/NAME/run.json             versions, command, feature set (path, key, settings), annotations
+    runs/NAME/metrics.csv          one row per epoch: losses, val metrics, lr, time
+    runs/NAME/checkpoints/last.pt  written atomically every epoch (resume point)
+    runs/NAME/checkpoints/best.pt  best epoch on `val`, with the tuned score threshold
+    runs/NAME/predictions.json, metrics.json, submission/<video>.csv   written by `eval`
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from detect.config import Config, load_config
+from extract.cache import FeatureSet
+from extract.config import config_to_dict, to_toml
+from extract.io import RunError, atomic_write_bytes, atomic_write_json
+from extract.provenance import versions
+
+CONFIG_FILE = "config.toml"
+RUN_FILE = "run.json"
+LAST = "checkpoints/last.pt"
+BEST = "checkpoints/best.pt"
+
+
+def write_run_files(
+    out: Path, cfg: Config, feature_set: FeatureSet, annotations: Path, extra: dict | None = None
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / CONFIG_FILE, to_toml(config_to_dict(cfg)).encode())
+    info = {
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions(),
+        "feature_set": {
+            "path": str(Path(feature_set.path).resolve()),
+            "key": feature_set.key,
+            "settings": feature_set.settings,
+        },
+        "annotations": str(Path(annotations).resolve()),
+        **(extra or {}),
+    }
+    atomic_write_json(out / RUN_FILE, info)
+
+
+def read_run(run: Path) -> tuple[Config, dict[str, Any]]:
+    """The resolved config and run.json of a run directory."""
+    run = Path(run)
+    if not (run / CONFIG_FILE).is_file() or not (run / RUN_FILE).is_file():
+        raise RunError(f"{run}: not a run directory ({CONFIG_FILE} or {RUN_FILE} is missing)")
+    return load_config(run / CONFIG_FILE), json.loads((run / RUN_FILE).read_text())
+
+
+def check_feature_set(run: Path, info: dict[str, Any], fs: FeatureSet) -> None:
+    """RunError unless `fs` is the feature set the run was trained on (by key)."""
+    trained = info["feature_set"]["key"]
+    if fs.key != trained:
+        raise RunError(f"{run}: run was trained on feature set {trained!r}, not {fs.key!r} "
+                       f"({fs.path})")
+
+
+def run_feature_set(run: Path, info: dict[str, Any]) -> FeatureSet:
+    """The feature set a run was trained on, checked to be unchanged since."""
+    fs = FeatureSet.open(Path(info["feature_set"]["path"]))
+    check_feature_set(run, info, fs)
+    return fs
+
+
+def score_threshold(cfg: Config, checkpoint: dict[str, Any]) -> float:
+    """The score threshold a run applies: eval.score_threshold when set (>= 0), else the one
+    tuned on `val` and stored in best.pt (never tuned on `test`)."""
+    if cfg.eval.score_threshold >= 0:
+        return cfg.eval.score_threshold
+    return checkpoint["threshold"]
