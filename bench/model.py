@@ -39,8 +39,9 @@ import torch
 
 from bench.memtrack import LiveTensorBytes
 from detect.config import LossConfig, ModelConfig
-from detect.model.detector import Detector, count_parameters, parameter_groups
+from detect.model.detector import Detector, count_parameters
 from detect.train.losses import SetCriterion
+from extract.training import parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 

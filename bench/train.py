@@ -26,11 +26,12 @@ import torch
 from detect.config import load_config
 from detect.data.windows import WindowDataset, collate_windows
 from detect.evaluation.evaluate import evaluate_run
-from detect.model.detector import Detector, parameter_groups
+from detect.model.detector import Detector
 from detect.synthetic.features import synth_feature_set
 from detect.train.loop import train
 from detect.train.losses import SetCriterion
 from extract.cache import FeatureSet
+from extract.training import parameter_groups
 
 C = 17  # SMG classes
 

@@ -65,6 +65,13 @@ def check(cfg: ClassifyConfig) -> None:
                           "positive integers")
     if a.temporal_kernel < 1 or a.temporal_kernel % 2 == 0:
         raise ConfigError("skeleton.agcn.temporal_kernel must be odd")
+    _check_rgb_fusion_emotion(cfg)
+    t = cfg.train
+    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.warmup_epochs < 0:
+        raise ConfigError("train: epochs, batch_size >= 1, lr > 0, warmup_epochs >= 0")
+
+
+def _check_rgb_fusion_emotion(cfg: ClassifyConfig) -> None:
     r, f = cfg.rgb, cfg.fusion
     if r.enabled and (r.frames < 2 or r.frames % 2 or r.size % 32 or r.batch_size < 1):
         raise ConfigError("rgb: frames even and >= 2, size a multiple of 32, batch_size >= 1")
@@ -81,9 +88,6 @@ def check(cfg: ClassifyConfig) -> None:
     ef = e.fusion
     if ef.dim % ef.heads or ef.layers < 1 or ef.epochs < 1 or ef.lr <= 0:
         raise ConfigError("emotion.fusion: dim divisible by heads, layers, epochs >= 1, lr > 0")
-    t = cfg.train
-    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or t.warmup_epochs < 0:
-        raise ConfigError("train: epochs, batch_size >= 1, lr > 0, warmup_epochs >= 0")
 
 
 def load_classify_config(path: Path | str | None = None,

@@ -188,17 +188,26 @@ class Config:
 
 def check_config(cfg: Config) -> None:
     """Value checks that types cannot express; raises ConfigError naming the key."""
-    if not 0.0 <= cfg.model.input_dropout < 1.0:
-        raise ConfigError(f"model.input_dropout must be in [0, 1), got {cfg.model.input_dropout}")
-    if cfg.model.encoder_layers < 0:
-        raise ConfigError(f"model.encoder_layers must be >= 0, got {cfg.model.encoder_layers}")
-    if cfg.model.encoder_kernel < 1 or cfg.model.encoder_kernel % 2 == 0:
+    _check_model(cfg.model)
+    _check_run(cfg)
+    _check_backbone(cfg.backbone)
+
+
+def _check_model(m: ModelConfig) -> None:
+    if not 0.0 <= m.input_dropout < 1.0:
+        raise ConfigError(f"model.input_dropout must be in [0, 1), got {m.input_dropout}")
+    if m.encoder_layers < 0:
+        raise ConfigError(f"model.encoder_layers must be >= 0, got {m.encoder_layers}")
+    if m.encoder_kernel < 1 or m.encoder_kernel % 2 == 0:
         raise ConfigError(
             f"model.encoder_kernel must be odd and >= 1 (same-length output), got "
-            f"{cfg.model.encoder_kernel}"
+            f"{m.encoder_kernel}"
         )
-    if min(cfg.model.mix_rank, cfg.model.mix_point_dim) < 1:
+    if min(m.mix_rank, m.mix_point_dim) < 1:
         raise ConfigError("model.mix_rank and model.mix_point_dim must be >= 1")
+
+
+def _check_run(cfg: Config) -> None:
     if not 0 <= cfg.data.eval_overlap < 1:
         raise ConfigError(f"data.eval_overlap: must be in [0, 1), got {cfg.data.eval_overlap}")
     if cfg.eval.top_k < 1:
@@ -209,13 +218,16 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"train.ema: the EMA decay must be in [0, 1), got {cfg.train.ema}")
     if cfg.train.grad_accum < 1:
         raise ConfigError(f"train.grad_accum: must be >= 1, got {cfg.train.grad_accum}")
-    if not 0 <= cfg.backbone.frozen_stages <= 5:
-        raise ConfigError(f"backbone.frozen_stages: must be 0..5, got {cfg.backbone.frozen_stages}")
-    if cfg.backbone.lr_mult < 0:
-        raise ConfigError(f"backbone.lr_mult: must be >= 0, got {cfg.backbone.lr_mult}")
-    if cfg.backbone.crop < 0:
-        raise ConfigError(f"backbone.crop: must be >= 0, got {cfg.backbone.crop}")
-    a = cfg.backbone.augment
+
+
+def _check_backbone(b: BackboneConfig) -> None:
+    if not 0 <= b.frozen_stages <= 5:
+        raise ConfigError(f"backbone.frozen_stages: must be 0..5, got {b.frozen_stages}")
+    if b.lr_mult < 0:
+        raise ConfigError(f"backbone.lr_mult: must be >= 0, got {b.lr_mult}")
+    if b.crop < 0:
+        raise ConfigError(f"backbone.crop: must be >= 0, got {b.crop}")
+    a = b.augment
     if not 0 <= a.photometric_p <= 1:
         raise ConfigError(f"backbone.augment.photometric_p: must be in [0, 1], got "
                           f"{a.photometric_p}")

@@ -63,12 +63,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`, converting int to float where a float is due."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} is not a {tp}")
+        return _coerce_union(value, tp, where)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -80,6 +75,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of "
                               f"{', '.join(str(c) for c in choices)}")
         return value
+    return _coerce_plain(value, tp, where)
+
+
+def _coerce_union(value: Any, tp: Any, where: str) -> Any:
+    for arg in typing.get_args(tp):
+        try:
+            return _coerce(value, arg, where)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{where}: {value!r} is not a {tp}")
+
+
+def _coerce_plain(value: Any, tp: Any, where: str) -> Any:
+    """None, bool, int, float, str: ints become floats where a float is due, never bools."""
     if tp is type(None):
         if value is None:
             return None

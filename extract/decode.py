@@ -89,6 +89,11 @@ class DecodeResult:
     chosen_pts: list[float] = field(default_factory=list)
     track_pts: bool = True
 
+    def chosen(self, t: Fraction) -> None:
+        """The next output frame shows the source frame at `t` (kept when tracking pts)."""
+        if self.track_pts:
+            self.chosen_pts.append(float(t))
+
     def stats(self) -> dict[str, Any]:
         """JSON-friendly summary of the sampling (how far chosen frames lag their target times)."""
         pts = np.asarray(self.chosen_pts, dtype=np.float64)
@@ -250,6 +255,15 @@ def open_video(path: Path | str) -> tuple[Any, Any]:
     return container, stream
 
 
+def _upright_rgb(frame: av.VideoFrame, stream: Any, result: DecodeResult) -> np.ndarray:
+    """The frame as upright RGB (H, W, 3) uint8; its rotation and size go into `result`."""
+    rot = _rotation_of(frame, stream)
+    result.rotation = rot
+    rgb = _to_rgb(frame, rot)
+    result.height, result.width = rgb.shape[:2]
+    return rgb
+
+
 def iter_sampled(
     path: Path | str, fps: float, result: DecodeResult
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -273,14 +287,9 @@ def iter_sampled(
 
     def emit_prev() -> np.ndarray:
         nonlocal prev_rgb
-        if prev_rgb is None:
-            assert prev is not None
-            rot = _rotation_of(prev, stream)
-            result.rotation = rot
-            prev_rgb = _to_rgb(prev, rot)
-            result.height, result.width = prev_rgb.shape[:2]
-        if result.track_pts:
-            result.chosen_pts.append(float(prev_t))
+        if prev_rgb is None:  # converted once, however many output frames repeat it
+            prev_rgb = _upright_rgb(prev, stream, result)
+        result.chosen(prev_t)
         return prev_rgb
 
     try:
@@ -312,11 +321,18 @@ def iter_sampled(
     finally:
         container.close()
     last_len = Fraction(prev.duration) * tb if prev.duration else last_step
+    _finish(path, result, k, n_src, prev_t, last_len, declared)
+
+
+def _finish(path: Path | str, result: DecodeResult, frames: int, n_src: int, last_t: Fraction,
+            last_len: Fraction, declared: float) -> None:
+    """Counts and duration once the last source frame (at `last_t`, lasting `last_len`) is
+    decoded; DecodeError when the video ends well before what its container declares."""
     if not last_len and result.source_fps:
         last_len = 1 / Fraction(result.source_fps).limit_denominator(1_000_000)
-    result.num_frames = k
+    result.num_frames = frames
     result.source_frames = n_src
-    result.duration = float(prev_t + last_len)
+    result.duration = float(last_t + last_len)
     if declared and result.duration < declared - max(0.5, 0.05 * declared):
         # FFmpeg conceals damaged or missing data by skipping it; a video that ends early would
         # silently shift every later label, so treat it as broken.
@@ -324,8 +340,8 @@ def iter_sampled(
             f"{path}: truncated or corrupt: decoded {result.duration:.2f} s of the "
             f"{declared:.2f} s the container declares (last good source frame {n_src - 1})"
         )
-    if not result.source_fps and prev_t > 0:
-        result.source_fps = float((n_src - 1) / prev_t)
+    if not result.source_fps and last_t > 0:
+        result.source_fps = float((n_src - 1) / last_t)
 
 
 class FrameStream:

@@ -218,3 +218,23 @@ def test_bad_outputs_are_clear_errors():
     with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]\[1\]: label 3"):
         bad = [{**targets[0], "labels": torch.tensor([0, 3])}, *targets[1:]]
         crit(outputs, bad, dense)
+
+
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+def test_focal_class_loss_is_retinanets_formula(alpha):
+    """The focal class loss (torchvision's sigmoid_focal_loss) against the RetinaNet formula
+    in float64, element by element, with and without the alpha balance."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 7, 4, generator=g) * 4
+    t = (torch.rand(3, 7, 4, generator=g) > 0.7).float()
+    got = sigmoid_focal_loss(x, t, alpha, 2.0)
+    for z, y, v in zip(x.flatten().tolist(), t.flatten().tolist(), got.flatten().tolist(),
+                       strict=True):
+        p = 1 / (1 + math.exp(-z))
+        p_t = p if y else 1 - p
+        want = -math.log(p_t) * (1 - p_t) ** 2
+        if alpha >= 0:
+            want *= alpha if y else 1 - alpha
+        assert v == pytest.approx(want, rel=1e-5, abs=1e-7)

@@ -137,7 +137,7 @@ def expected_shapes(d_model, d_state=16, d_conv=4, expand=2):
 def test_state_dict_matches_mamba_ssm(d_model):
     m = Mamba(d_model)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == expected_shapes(d_model)
-    assert m.A_log._no_weight_decay and m.D._no_weight_decay
+    assert m.no_weight_decay() == {"A_log", "D"}
     assert m.dt_proj.bias._no_reinit
 
 

@@ -178,3 +178,13 @@ def test_bad_targets_and_predictions_are_clear_errors():
     broken[1, 2, 0] = float("nan")
     with pytest.raises(ValueError, match="sample 1, query 2: non-finite matching cost"):
         m(logits, broken, targets)
+
+
+@pytest.mark.parametrize("n", [(1, 1), (8, 3), (384, 40), (5, 0)])
+def test_cdist_l1_is_the_broadcast_sum_bit_for_bit(n):
+    """The matcher's L1 cost is torch.cdist(p=1); it gives the same float32 bits as the
+    broadcast |a[:, None] - b[None]|.sum(-1) it replaced (so matches and results are unchanged)."""
+    g = torch.Generator().manual_seed(sum(n))
+    a, b = torch.rand(n[0], 2, generator=g), torch.rand(n[1], 2, generator=g)
+    want = (a[:, None, :] - b[None, :, :]).abs().sum(-1)
+    assert torch.equal(torch.cdist(a, b, p=1), want)

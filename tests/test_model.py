@@ -6,8 +6,9 @@ import torch.nn.functional as F
 
 from detect.config import MambaConfig, ModelConfig
 from detect.model.decoder import num_boundary_points, points_to_segments
-from detect.model.detector import Detector, init_query_points, parameter_groups
+from detect.model.detector import Detector, init_query_points
 from detect.model.mamba import Mamba
+from extract.training import parameter_groups
 
 IN_DIM, C = 12, 3
 

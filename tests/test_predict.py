@@ -1,6 +1,8 @@
 """`detect predict` on new videos equals extract + eval on them; missing weights are refused."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from detect.__main__ import app
 from detect.apps.predict import predict_videos
 from detect.config import load_config
 from detect.evaluation.evaluate import evaluate_run
+from detect.runs import write_run_files
+from detect.synthetic.features import synth_feature_set
 from detect.synthetic.videos import render_dataset
 from detect.train.loop import train
 from extract.config import ExtractConfig
@@ -20,6 +24,26 @@ from extract.pipeline import run_extraction, video_id_from_path
 TINY = ["data.window=16", "model.hidden_dim=16", "model.num_queries=6", "model.num_points=6",
         "model.num_layers=1", "model.num_heads=2", "model.ffn_dim=32", "model.mix_dim=4",
         "train.epochs=2", "train.device=cpu", "eval.score_threshold=0.0"]
+
+
+def e2e_run_dir(tmp_path):
+    """A run directory of an end-to-end run (config and run.json, as `train` writes them first)."""
+    fs, ann = synth_feature_set(tmp_path / "feats", videos=2, classes=2, dim=8,
+                                min_duration_s=10, max_duration_s=12)
+    run = tmp_path / "e2e-run"
+    write_run_files(run, load_config(None, [*TINY, "mode=e2e"]), fs, ann)
+    return run
+
+
+def test_end_to_end_run_is_refused_before_any_video_is_read(tmp_path):
+    run = e2e_run_dir(tmp_path)
+    video = tmp_path / "any.mp4"  # never opened: the run is refused first
+    with pytest.raises(RunError, match=r"e2e-run: an end-to-end run .*--weights .*best\.pt"):
+        predict_videos([video], run, tmp_path / "pred", progress=False)
+    assert not (tmp_path / "pred").exists()
+    r = subprocess.run([sys.executable, "-m", "detect", "predict", str(video), "--run", str(run)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "an end-to-end run" in r.stderr, r.stderr
 
 
 def _trained_run(tmp_path, weights):

@@ -29,7 +29,7 @@ from extract.i3d import ChunkedExtractor, I3DBackbone, RunOptions, _build
 from extract.pipeline import run_extraction, video_id_from_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_predict import _trained_run  # noqa: E402
+from test_predict import _trained_run, e2e_run_dir  # noqa: E402
 from videos import write_noise_video, write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,6 +192,14 @@ def test_unreadable_and_failing_sources(trained, tmp_path):
     # Not a run: usage error before any source is touched.
     r = runner.invoke(app, ["stream", str(video), "--run", str(tmp_path), "--quiet"])
     assert r.exit_code == 2 and "not a run directory" in r.stderr
+
+
+def test_end_to_end_run_is_refused_before_the_source_is_opened(tmp_path):
+    run = e2e_run_dir(tmp_path)
+    r = CliRunner().invoke(app, ["stream", str(tmp_path / "missing.mp4"), "--run", str(run),
+                                 "--quiet"])
+    assert r.exit_code == 2 and "an end-to-end run" in r.stderr, r.output
+    assert not (run / "stream").exists()
 
 
 @pytest.mark.slow

@@ -20,10 +20,14 @@ import numpy as np
 from detect.data.annotations import Annotations, VideoAnnotations
 from detect.inference.detections import Detections
 from detect.inference.postprocess import apply_threshold
-from detect.runs import read_run, run_feature_set, score_threshold
+from detect.runs import BEST, read_run, run_feature_set, score_threshold
 from extract.cache import FeatureSet, read_meta, settings_key
+from extract.config import ExtractConfig
+from extract.i3d import I3DBackbone, build_backbone
 from extract.io import RunError, atomic_write_json
+from extract.pipeline import featureset_settings
 from extract.provenance import versions
+from extract.weights import WeightsError
 
 SUBSET = "test"  # new, unlabelled videos are scored like the test split
 
@@ -46,21 +50,16 @@ def _weights_source(fs: FeatureSet) -> tuple[str, int]:
     raise RunError(f"{fs.path}: cannot tell which weights made this feature set")
 
 
-def extraction_config_for(fs: FeatureSet) -> Any:
-    """The `ExtractConfig` that reproduces `fs`; raises RunError when its weights are missing
-    here or give another digest."""
-    from extract.config import ExtractConfig
-    from extract.i3d import build_backbone
-    from extract.pipeline import featureset_settings
-    from extract.weights import WeightsError
-
+def backbone_for(fs: FeatureSet) -> tuple[ExtractConfig, I3DBackbone]:
+    """The `ExtractConfig` that reproduces `fs` and its backbone, built once; raises RunError
+    when its weights are missing here or give another digest."""
     s = fs.settings
     weights, seed = _weights_source(fs)
     cfg = ExtractConfig(weights=weights, seed=seed, stride=int(s["stride"]),
                         short_side=int(s["short_side"]), crop=int(s["crop"]),
                         res4="res4" in s["layers"], dtype=s["dtype"], fps=float(s["fps"]))
     try:
-        _, info = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
+        backbone, info = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
     except WeightsError as e:
         raise RunError(
             f"the run's features were made with weights {weights!r}, which are not usable here: "
@@ -73,7 +72,12 @@ def extraction_config_for(fs: FeatureSet) -> Any:
             f"set was made with {s['weights_sha256'][:12]}...; refusing to predict with other "
             "features than the detector was trained on"
         )
-    return cfg
+    return cfg, backbone
+
+
+def extraction_config_for(fs: FeatureSet) -> ExtractConfig:
+    """The `ExtractConfig` that reproduces `fs` (see `backbone_for`)."""
+    return backbone_for(fs)[0]
 
 
 def predict_videos(
@@ -96,6 +100,11 @@ def predict_videos(
 
     run = Path(run)
     cfg, info = read_run(run)
+    if cfg.mode != "features":
+        raise RunError(
+            f"{run}: an end-to-end run (mode = \"e2e\"); predict needs a run trained on cached "
+            "features. To use its finetuned I3D, extract features with --weights "
+            f"{run / BEST} and train a features-mode run on them")
     if eval_overlap is not None:
         if not 0 <= eval_overlap < 1:
             raise RunError(f"eval_overlap must be in [0, 1), got {eval_overlap}")

@@ -42,12 +42,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detect.apps.predict import backbone_for
 from detect.inference.detections import Detections
 from detect.inference.online import OnlineDetector, WindowSettings
+from detect.inference.predictor import load_run_model
 from detect.runs import read_run, run_feature_set, score_threshold
+from extract.cache import FeatureSet
 from extract.decode import DecodeError, DecodeSettings, FrameStream, is_live
+from extract.i3d import ChunkedExtractor, RunOptions
 from extract.io import RunError, atomic_write_json
 from extract.provenance import versions
+from extract.runtime import resolve_device
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -134,30 +139,33 @@ class _Frames:
             self.error = e
 
 
-def stream(source: str, run: Path, out: Path | None = None,
-           options: StreamOptions | None = None, progress: bool = True,
-           echo: bool = True) -> StreamResult:
-    """Stream `source` through a trained run; see the module docstring. Each detection also
-    goes to stdout when `echo`. Raises RunError (exit 2) for a run it cannot use, before the
-    source is opened."""
-    from detect.apps.predict import extraction_config_for
-    from detect.inference.predictor import load_run_model
-    from extract.i3d import ChunkedExtractor, RunOptions, build_backbone
-    from extract.runtime import resolve_device
+@dataclass
+class _Setup:
+    """A run made ready to stream: its two stages and the settings the record names."""
 
-    opts = options or StreamOptions()
-    stdout = sys.stdout if echo else None
-    run = Path(run)
+    cfg: Any
+    ecfg: Any
+    train_fs: FeatureSet
+    extractor: Any
+    online_settings: WindowSettings
+    model: torch.nn.Module
+    ck: dict[str, Any]
+    threshold: float
+    device: torch.device
+
+
+def _prepare(run: Path, opts: StreamOptions) -> _Setup:
+    """Stage one with the run's extraction settings and weights (built once), stage two with its
+    best checkpoint; RunError for a run this command cannot use."""
     cfg, info = read_run(run)
     if cfg.mode != "features":
         raise RunError(f"{run}: an end-to-end run; streaming needs a run trained on cached "
                        "features (its I3D is the feature set's)")
     train_fs = run_feature_set(run, info)
-    ecfg = extraction_config_for(train_fs)
+    ecfg, backbone = backbone_for(train_fs)
     window = opts.window or cfg.data.window
     hop = opts.hop or max(1, window // 4)
     device = resolve_device(opts.device)
-    backbone, _ = build_backbone(ecfg.weights, ecfg.seed, res4=ecfg.res4)
     try:
         settings = WindowSettings(window, hop, ecfg.stride, ecfg.fps)
         extractor = ChunkedExtractor(backbone, ecfg.stride, device,
@@ -165,106 +173,138 @@ def stream(source: str, run: Path, out: Path | None = None,
     except ValueError as e:
         raise RunError(f"{e} (--window, --hop, --chunk-frames)") from e
     model, ck = load_run_model(run, device)
-    classes = list(ck["classes"])
-    threshold = opts.threshold
-    if threshold is None:
-        threshold = score_threshold(cfg, ck)
-    cache_dtype = np.dtype(train_fs.settings["dtype"])
-    use_res4 = cfg.data.use_res4
+    threshold = opts.threshold if opts.threshold is not None else score_threshold(cfg, ck)
+    return _Setup(cfg, ecfg, train_fs, extractor, settings, model, ck, float(threshold), device)
 
+
+class _Writer:
+    """Writes each final detection as a JSON line (to the file, and to stdout when echoing) and
+    keeps the latency figures of the result."""
+
+    def __init__(self, f: IO[str], stdout: IO[str] | None, classes: list[str], fps: float,
+                 frames: _Frames, result: StreamResult) -> None:
+        self.f, self.stdout, self.classes, self.fps = f, stdout, classes, fps
+        self.frames, self.result = frames, result
+
+    def __call__(self, dets: Detections) -> None:
+        now = time.monotonic()
+        since = now - (self.frames.first_at or now)
+        received = self.frames.count / self.fps
+        for i in range(len(dets)):
+            line = json.dumps({
+                "class": self.classes[int(dets.label[i])], "label": int(dets.label[i]),
+                "start": round(float(dets.start[i]), 4), "end": round(float(dets.end[i]), 4),
+                "score": round(float(dets.score[i]), 5), "emitted_at": round(since, 3),
+                "source_time": round(received, 3)})
+            for f in (self.f, self.stdout):
+                if f is not None:
+                    f.write(line + "\n")
+            self.result.latency.append(since - float(dets.end[i]))
+            self.result.source_latency.append(received - float(dets.end[i]))
+        if len(dets):
+            for f in (self.f, self.stdout):
+                if f is not None:
+                    f.flush()
+        self.result.detections += len(dets)
+
+
+def _outcome(frames: _Frames, fps: float) -> tuple[int, str]:
+    """Exit code and message once the source has ended or failed."""
+    seconds = f"{frames.count} frames ({frames.count / fps:.1f} s)"
+    if frames.error is not None and frames.count == 0:
+        return EXIT_UNREADABLE, f"cannot read the source: {frames.error}"
+    if frames.error is not None:
+        return EXIT_SOURCE_FAILED, (f"the source failed after {seconds}: {frames.error}; the "
+                                    "detections up to there are final and written")
+    return EXIT_OK, f"the source ended after {seconds}"
+
+
+def _pump(s: _Setup, frames_src: FrameStream, frames: _Frames, online: OnlineDetector,
+          write: _Writer, bar: tqdm, result: StreamResult) -> None:
+    """Frames -> features -> online detections until the source ends, fails or is interrupted;
+    sets the result's exit code and message."""
+    cache_dtype = np.dtype(s.train_fs.settings["dtype"])
+    try:
+        frames_src.start()
+        for r5, r4 in s.extractor.iter_steps(frames, progress=bar.update):
+            r5 = r5.astype(cache_dtype).astype(np.float32)  # as the cache stores them
+            if r4 is not None:
+                r4 = r4.astype(cache_dtype).astype(np.float32)
+            write(online.push(r5, r4 if s.cfg.data.use_res4 else None))
+            bar.set_postfix(detections=result.detections, refresh=False)
+        result.exit_code, result.message = _outcome(frames, s.ecfg.fps)
+        if result.exit_code != EXIT_UNREADABLE:
+            write(online.finish())
+    except KeyboardInterrupt:
+        result.exit_code = EXIT_INTERRUPTED
+        result.message = (f"interrupted after {frames.count} frames "
+                          f"({frames.count / s.ecfg.fps:.1f} s): the detections final by "
+                          "then are written, later ones are not")
+
+
+def _closing_record(result: StreamResult, fps: float) -> dict[str, Any]:
+    """What the run record adds once the stream is over."""
+    video_s = result.frames / fps
+    return {
+        "status": {EXIT_OK: "ended", EXIT_UNREADABLE: "unreadable",
+                   EXIT_SOURCE_FAILED: "source failed",
+                   EXIT_INTERRUPTED: "interrupted"}.get(result.exit_code, "error"),
+        "exit_code": result.exit_code, "message": result.message,
+        "frames": result.frames, "video_seconds": video_s, "wall_seconds": result.seconds,
+        "real_time_factor": result.seconds / video_s if video_s else None,
+        "detections": result.detections,
+        # Wall-clock delay (a live or paced source) and delay in video time received.
+        "latency_s": _spread(result.latency),
+        "source_latency_s": _spread(result.source_latency),
+        "stage_two_s_per_window": _spread([sec / n for n, sec in result.stage_two]),
+    }
+
+
+def stream(source: str, run: Path, out: Path | None = None,
+           options: StreamOptions | None = None, progress: bool = True,
+           echo: bool = True) -> StreamResult:
+    """Stream `source` through a trained run; see the module docstring. Each detection also
+    goes to stdout when `echo`. Raises RunError (exit 2) for a run it cannot use, before the
+    source is opened."""
+    opts = options or StreamOptions()
+    run = Path(run)
+    s = _prepare(run, opts)
     out = Path(out) if out is not None else default_out(run, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     record_path = out.with_suffix(".json")
     record: dict[str, Any] = {
         "source": source, "live": is_live(source), "run": str(run.resolve()),
-        "checkpoint_epoch": ck["best_epoch"], "feature_set": str(train_fs.path),
-        "options": asdict(opts), "window": window, "hop": hop, "threshold": float(threshold),
-        "nms_iou": cfg.eval.nms_iou, "device": str(device), "detections_file": out.name,
+        "checkpoint_epoch": s.ck["best_epoch"], "feature_set": str(s.train_fs.path),
+        "options": asdict(opts), "window": s.online_settings.window,
+        "hop": s.online_settings.hop, "threshold": s.threshold,
+        "nms_iou": s.cfg.eval.nms_iou, "device": str(s.device), "detections_file": out.name,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running", "versions": versions(),
     }
     atomic_write_json(record_path, record)
 
+    ecfg, cfg = s.ecfg, s.cfg
     decode = DecodeSettings(ecfg.fps, ecfg.short_side, ecfg.crop)
     frames_src = FrameStream(source, decode, chunk=ecfg.stride, track_pts=False)
     frames = _Frames(paced(frames_src, ecfg.fps) if opts.realtime else frames_src)
     result = StreamResult(1, "stopped by an unexpected error (see the traceback)", out)
-    online = OnlineDetector(model, settings, cfg.eval.nms_iou, float(threshold),
-                            focal=cfg.loss.focal, device=device,
+    online = OnlineDetector(s.model, s.online_settings, cfg.eval.nms_iou, s.threshold,
+                            focal=cfg.loss.focal, device=s.device,
                             on_window=lambda n, sec: result.stage_two.append((n, sec)),
                             top_k=cfg.eval.top_k, dense_fusion=cfg.eval.dense_fusion)
     bar = tqdm(desc=f"stream {source}", unit="frame", disable=not progress, file=sys.stderr,
                leave=False)
     t_start = time.monotonic()
-
-    def write(dets: Detections, f: IO[str]) -> None:
-        now = time.monotonic()
-        since = now - (frames.first_at or now)
-        for i in range(len(dets)):
-            line = json.dumps({
-                "class": classes[int(dets.label[i])], "label": int(dets.label[i]),
-                "start": round(float(dets.start[i]), 4), "end": round(float(dets.end[i]), 4),
-                "score": round(float(dets.score[i]), 5), "emitted_at": round(since, 3),
-                "source_time": round(frames.count / ecfg.fps, 3)})
-            f.write(line + "\n")
-            if stdout is not None:
-                stdout.write(line + "\n")
-            result.latency.append(since - float(dets.end[i]))
-            result.source_latency.append(frames.count / ecfg.fps - float(dets.end[i]))
-        if len(dets):
-            f.flush()
-            if stdout is not None:
-                stdout.flush()
-        result.detections += len(dets)
-
     try:
         with open(out, "w") as f:
-            try:
-                frames_src.start()
-                for r5, r4 in extractor.iter_steps(frames, progress=bar.update):
-                    r5 = r5.astype(cache_dtype).astype(np.float32)  # as the cache stores them
-                    if r4 is not None:
-                        r4 = r4.astype(cache_dtype).astype(np.float32)
-                    write(online.push(r5, r4 if use_res4 else None), f)
-                    bar.set_postfix(detections=result.detections, refresh=False)
-                if frames.error is not None and frames.count == 0:
-                    result.exit_code = EXIT_UNREADABLE
-                    result.message = f"cannot read the source: {frames.error}"
-                else:
-                    write(online.finish(), f)
-                    if frames.error is not None:
-                        result.exit_code = EXIT_SOURCE_FAILED
-                        result.message = (
-                            f"the source failed after {frames.count} frames "
-                            f"({frames.count / ecfg.fps:.1f} s): {frames.error}; the "
-                            "detections up to there are final and written")
-                    else:
-                        result.exit_code = EXIT_OK
-                        result.message = (f"the source ended after {frames.count} frames "
-                                          f"({frames.count / ecfg.fps:.1f} s)")
-            except KeyboardInterrupt:
-                result.exit_code = EXIT_INTERRUPTED
-                result.message = (f"interrupted after {frames.count} frames "
-                                  f"({frames.count / ecfg.fps:.1f} s): the detections final by "
-                                  "then are written, later ones are not")
+            write = _Writer(f, sys.stdout if echo else None, list(s.ck["classes"]), ecfg.fps,
+                            frames, result)
+            _pump(s, frames_src, frames, online, write, bar, result)
     finally:
         frames_src.close()
         bar.close()
         result.frames = frames.count
         result.seconds = time.monotonic() - t_start
-        video_s = frames.count / ecfg.fps
-        record.update({
-            "status": {EXIT_OK: "ended", EXIT_UNREADABLE: "unreadable",
-                       EXIT_SOURCE_FAILED: "source failed",
-                       EXIT_INTERRUPTED: "interrupted"}.get(result.exit_code, "error"),
-            "exit_code": result.exit_code, "message": result.message,
-            "frames": frames.count, "video_seconds": video_s, "wall_seconds": result.seconds,
-            "real_time_factor": result.seconds / video_s if video_s else None,
-            "detections": result.detections,
-            # Wall-clock delay (a live or paced source) and delay in video time received.
-            "latency_s": _spread(result.latency),
-            "source_latency_s": _spread(result.source_latency),
-            "stage_two_s_per_window": _spread([sec / n for n, sec in result.stage_two]),
-        })
+        record.update(_closing_record(result, ecfg.fps))
         atomic_write_json(record_path, record)
     return result

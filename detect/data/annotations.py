@@ -91,62 +91,89 @@ class Annotations:
         return {"classes": list(self.classes), "database": database}
 
 
-def _number(value: Any, where: str) -> float:
+def finite_number(value: Any, where: str, error: type[ValueError] = ValueError) -> float:
+    """`value` as a float, or `error` naming `where` (bool, NaN and inf are not numbers here)."""
     # bool is an int in Python, but `true` as a time is certainly a mistake.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise AnnotationError(f"{where}: expected a finite number, got {value!r}")
+        raise error(f"{where}: expected a finite number, got {value!r}")
     return float(value)
+
+
+def parse_segment(seg: Any, at: str, error: type[ValueError] = ValueError,
+                  nonnegative: bool = False) -> tuple[float, float]:
+    """A `[start, end]` pair of finite numbers with end >= start (and start >= 0 when
+    `nonnegative`), or `error` naming `at`."""
+    if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+        raise error(f"{at}: segment must be [start, end], got {seg!r}")
+    start = finite_number(seg[0], f"{at}, segment start", error)
+    end = finite_number(seg[1], f"{at}, segment end", error)
+    if nonnegative and start < 0:
+        raise error(f"{at}: negative start time {start}")
+    if end < start:
+        raise error(f"{at}: end {end} is before start {start}")
+    return start, end
+
+
+def check_label(label_id: int, label: Any, classes: list[str], at: str,
+                error: type[ValueError] = ValueError) -> None:
+    """label_id in range of `classes` and, when `label` is given, naming the same class."""
+    if not 0 <= label_id < len(classes):
+        raise error(f"{at}: label_id {label_id} out of range [0, {len(classes)})")
+    if label is not None and classes[label_id] != label:
+        raise error(f"{at}: label {label!r} and label_id {label_id} ({classes[label_id]!r}) "
+                    "disagree")
+
+
+def require_keys(item: dict, keys: tuple[str, ...], at: str,
+                 error: type[ValueError] = ValueError) -> None:
+    for key in keys:
+        if key not in item:
+            raise error(f"{at}: key {key!r} is missing")
+
+
+def _parse_header(where: str, entry: Any) -> tuple[str, float, float]:
+    """(subset, duration, fps) of one video's entry."""
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
+    require_keys(entry, ("subset", "duration", "fps", "annotations"), where, AnnotationError)
+    subset = entry["subset"]
+    if subset not in SUBSETS:
+        raise AnnotationError(f"{where}: subset {subset!r} is not one of {', '.join(SUBSETS)}")
+    duration = finite_number(entry["duration"], f"{where}, duration", AnnotationError)
+    if duration < 0:
+        raise AnnotationError(f"{where}: negative duration {duration}")
+    fps = finite_number(entry["fps"], f"{where}, fps", AnnotationError)
+    if fps <= 0:
+        raise AnnotationError(f"{where}: fps must be positive, got {fps}")
+    return subset, duration, fps
+
+
+def _parse_item(at: str, item: Any, classes: list[str]) -> tuple[float, float, int]:
+    """(start, end, label_id) of one annotation."""
+    if not isinstance(item, dict):
+        raise AnnotationError(f"{at}: expected an object, got {item!r}")
+    require_keys(item, ("label", "label_id", "segment"), at, AnnotationError)
+    label, label_id = item["label"], item["label_id"]
+    if label not in classes:
+        raise AnnotationError(f"{at}: unknown label {label!r}")
+    if isinstance(label_id, bool) or not isinstance(label_id, int):
+        raise AnnotationError(f"{at}: label_id must be an integer, got {label_id!r}")
+    check_label(label_id, label, classes, at, AnnotationError)
+    start, end = parse_segment(item["segment"], at, AnnotationError, nonnegative=True)
+    return start, end, label_id
 
 
 def _parse_video(path: Path, vid: str, entry: Any, classes: list[str]) -> VideoAnnotations:
     where = f"{path}: video {vid!r}"
-    if not isinstance(entry, dict):
-        raise AnnotationError(f"{where}: expected an object, got {type(entry).__name__}")
-    for key in ("subset", "duration", "fps", "annotations"):
-        if key not in entry:
-            raise AnnotationError(f"{where}: key {key!r} is missing")
-    subset = entry["subset"]
-    if subset not in SUBSETS:
-        raise AnnotationError(f"{where}: subset {subset!r} is not one of {', '.join(SUBSETS)}")
-    duration = _number(entry["duration"], f"{where}, duration")
-    if duration < 0:
-        raise AnnotationError(f"{where}: negative duration {duration}")
-    fps = _number(entry["fps"], f"{where}, fps")
-    if fps <= 0:
-        raise AnnotationError(f"{where}: fps must be positive, got {fps}")
+    subset, duration, fps = _parse_header(where, entry)
     items = entry["annotations"]
     if not isinstance(items, list):
         raise AnnotationError(f"{where}: 'annotations' must be a list")
     segments = np.zeros((len(items), 2), np.float64)
     labels = np.zeros(len(items), np.int64)
     for i, item in enumerate(items):
-        at = f"{where}, annotation {i}"
-        if not isinstance(item, dict):
-            raise AnnotationError(f"{at}: expected an object, got {item!r}")
-        for key in ("label", "label_id", "segment"):
-            if key not in item:
-                raise AnnotationError(f"{at}: key {key!r} is missing")
-        label, label_id, seg = item["label"], item["label_id"], item["segment"]
-        if label not in classes:
-            raise AnnotationError(f"{at}: unknown label {label!r}")
-        if isinstance(label_id, bool) or not isinstance(label_id, int):
-            raise AnnotationError(f"{at}: label_id must be an integer, got {label_id!r}")
-        if not 0 <= label_id < len(classes):
-            raise AnnotationError(f"{at}: label_id {label_id} out of range [0, {len(classes)})")
-        if classes[label_id] != label:
-            raise AnnotationError(
-                f"{at}: label {label!r} and label_id {label_id} ({classes[label_id]!r}) disagree"
-            )
-        if not isinstance(seg, (list, tuple)) or len(seg) != 2:
-            raise AnnotationError(f"{at}: segment must be [start, end], got {seg!r}")
-        start = _number(seg[0], f"{at}, segment start")
-        end = _number(seg[1], f"{at}, segment end")
-        if start < 0:
-            raise AnnotationError(f"{at}: negative start time {start}")
-        if end < start:
-            raise AnnotationError(f"{at}: end {end} is before start {start}")
+        start, end, labels[i] = _parse_item(f"{where}, annotation {i}", item, classes)
         segments[i] = (start, end)
-        labels[i] = label_id
     return VideoAnnotations(
         subset=subset, duration=duration, fps=fps, segments=segments, labels=labels
     )

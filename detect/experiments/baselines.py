@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from detect.config import EvalConfig
 from detect.data.annotations import Annotations, load_annotations
+from detect.data.standardize import channel_stats
 from detect.data.windows import dense_targets, instances_in_feature_time
 from detect.evaluation.evaluate import score_detections
 from detect.inference.detections import Detections, save_predictions
@@ -120,8 +121,7 @@ class DenseOnly(nn.Module):
 
 
 def _stats(train: list[_Video]) -> tuple[Tensor, Tensor]:
-    x = np.concatenate([v.x for v in train]).astype(np.float64)
-    return torch.from_numpy(x.mean(0)).float(), torch.from_numpy(x.std(0)).float().clamp_min(1e-6)
+    return channel_stats([v.x for v in train])
 
 
 def fit_probe(train: list[_Video], cfg: BaselineConfig, num_classes: int
@@ -164,8 +164,9 @@ def fit_dense(train: list[_Video], cfg: BaselineConfig, num_classes: int, progre
     """The dense head alone, trained with BCE on whole training videos; model (-> probabilities)
     and params."""
     model = DenseOnly(train[0].x.shape[1], cfg.hidden_dim, num_classes)
-    model.mean.copy_(_stats(train)[0])
-    model.std.copy_(_stats(train)[1])
+    mean, std = _stats(train)
+    model.mean.copy_(mean)
+    model.std.copy_(std)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = torch.Generator().manual_seed(cfg.seed)
     model.train()

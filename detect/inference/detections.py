@@ -9,7 +9,6 @@ Predictions JSON::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from detect.data.annotations import check_label, finite_number, parse_segment, require_keys
 from extract.io import atomic_write_json
 
 
@@ -110,16 +110,7 @@ def save_predictions(path: Path | str, preds: dict[str, Detections], classes: li
     atomic_write_json(Path(path), {"results": results})
 
 
-def _finite(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise PredictionError(f"{where}: expected a finite number, got {v!r}")
-    return float(v)
-
-
-def load_predictions(path: Path | str, classes: list[str] | None = None) -> dict[str, Detections]:
-    """Read and check a predictions JSON. With `classes`, label_id must be in range and agree
-    with the label name."""
-    path = Path(path)
+def _read_json(path: Path) -> Any:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as e:
@@ -128,37 +119,36 @@ def load_predictions(path: Path | str, classes: list[str] | None = None) -> dict
         raise PredictionError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise PredictionError(f"{path}: expected an object with a 'results' object")
+    return data
+
+
+def _parse_detection(it: Any, at: str, classes: list[str] | None
+                     ) -> tuple[float, float, int, float]:
+    """(start, end, label_id, score) of one detection."""
+    if not isinstance(it, dict):
+        raise PredictionError(f"{at}: expected an object, got {it!r}")
+    require_keys(it, ("segment", "label_id", "score"), at, PredictionError)
+    s, e = parse_segment(it["segment"], at, PredictionError)
+    lid = it["label_id"]
+    if isinstance(lid, bool) or not isinstance(lid, int) or lid < 0:
+        raise PredictionError(f"{at}: label_id must be a non-negative integer, got {lid!r}")
+    if classes is not None:
+        check_label(lid, it.get("label"), classes, at, PredictionError)
+    return s, e, lid, finite_number(it["score"], f"{at}, score", PredictionError)
+
+
+def load_predictions(path: Path | str, classes: list[str] | None = None) -> dict[str, Detections]:
+    """Read and check a predictions JSON. With `classes`, label_id must be in range and agree
+    with the label name."""
+    path = Path(path)
     out: dict[str, Detections] = {}
-    for vid, items in data["results"].items():
+    for vid, items in _read_json(path)["results"].items():
         where = f"{path}: video {vid!r}"
         if not isinstance(items, list):
             raise PredictionError(f"{where}: expected a list of detections")
-        cols = np.zeros((len(items), 4), np.float64)
-        labels = np.zeros(len(items), np.int64)
-        for i, it in enumerate(items):
-            at = f"{where}, detection {i}"
-            if not isinstance(it, dict):
-                raise PredictionError(f"{at}: expected an object, got {it!r}")
-            for key in ("segment", "label_id", "score"):
-                if key not in it:
-                    raise PredictionError(f"{at}: key {key!r} is missing")
-            seg, lid = it["segment"], it["label_id"]
-            if not isinstance(seg, (list, tuple)) or len(seg) != 2:
-                raise PredictionError(f"{at}: segment must be [start, end], got {seg!r}")
-            s, e = _finite(seg[0], f"{at}, segment start"), _finite(seg[1], f"{at}, segment end")
-            if e < s:
-                raise PredictionError(f"{at}: end {e} is before start {s}")
-            if isinstance(lid, bool) or not isinstance(lid, int) or lid < 0:
-                raise PredictionError(f"{at}: label_id must be a non-negative integer, got {lid!r}")
-            if classes is not None:
-                if lid >= len(classes):
-                    raise PredictionError(f"{at}: label_id {lid} out of range [0, {len(classes)})")
-                if "label" in it and it["label"] != classes[lid]:
-                    raise PredictionError(
-                        f"{at}: label {it['label']!r} and label_id {lid} ({classes[lid]!r}) "
-                        "disagree"
-                    )
-            cols[i] = (s, e, 0.0, _finite(it["score"], f"{at}, score"))
-            labels[i] = lid
-        out[str(vid)] = Detections(cols[:, 0], cols[:, 1], labels, cols[:, 3])
+        rows = [_parse_detection(it, f"{where}, detection {i}", classes)
+                for i, it in enumerate(items)]
+        cols = np.array([(s, e, sc) for s, e, _, sc in rows], np.float64).reshape(-1, 3)
+        labels = np.array([lid for _, _, lid, _ in rows], np.int64)
+        out[str(vid)] = Detections(cols[:, 0], cols[:, 1], labels, cols[:, 2])
     return out

@@ -6,7 +6,8 @@ import torch
 
 from detect.config import Config
 from detect.model.detector import Detector
-from detect.model.e2e import build_e2e_model
+from detect.model.e2e import build_e2e_model, e2e_parameter_groups
+from extract.training import parameter_groups
 
 
 def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,
@@ -16,3 +17,12 @@ def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,
     if cfg.mode == "e2e":
         return build_e2e_model(cfg, num_classes, pretrained=pretrained)
     return Detector(cfg.model, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
+
+
+def training_groups(cfg: Config, model: torch.nn.Module) -> list[dict]:
+    """The optimiser's parameter groups for a config's model: weight decay by
+    `extract.training.parameter_groups`; in e2e mode the backbone at lr * backbone.lr_mult."""
+    if cfg.mode == "e2e":
+        return e2e_parameter_groups(model, cfg.train.weight_decay, cfg.train.lr,
+                                    cfg.backbone.lr_mult)
+    return parameter_groups(model, cfg.train.weight_decay)

@@ -127,7 +127,6 @@ class Detector(nn.Module):
         self.register_buffer("res4_std", torch.ones(max(res4_dim, 0)))
         self.query_embed = nn.Embedding(cfg.num_queries, D)  # N(0, 1) init
         self.query_points = nn.Parameter(init_query_points(cfg.num_queries, cfg.num_points))
-        self.query_points._no_weight_decay = True
         total_mamba = cfg.num_layers * cfg.mamba.layers if cfg.query_mixer == "mamba_mhsa" else 0
         self.layers = nn.ModuleList(
             DecoderLayer(cfg, num_classes, total_mamba) for _ in range(cfg.num_layers)
@@ -135,6 +134,10 @@ class Detector(nn.Module):
         self.encoder = (TemporalEncoder(D, cfg.encoder_layers, cfg.encoder_kernel)
                         if cfg.encoder_layers else None)
         self.dense_head = DenseHead(D, num_classes)
+
+    def no_weight_decay(self) -> set[str]:
+        """The initial query points are positions in the window, not weights to shrink."""
+        return {"query_points"}
 
     def project(self, features: Tensor, res4: Tensor | None = None) -> Tensor:
         """Input projection(s), summed: (B, W, in_dim) [+ (B, W, res4_dim)] -> (B, W, D)."""
@@ -189,39 +192,6 @@ class Detector(nn.Module):
             "points": torch.stack(all_points),
             "dense_logits": self.dense_head(x),
         }
-
-
-_NO_DECAY_NAMES = ("A_log", "A_b_log", "D", "D_b", "query_points")
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: [{"params": decayed, "weight_decay": wd}, {"params": rest, "weight_decay": 0}].
-
-    No weight decay on: every parameter with ndim <= 1 (biases, LayerNorm weights and biases, D,
-    dt_proj.bias), parameters flagged `_no_weight_decay` (A_log, D, query_points), parameters
-    whose own name is A_log, A_b_log, D, D_b or query_points (so the rule survives copies that drop
-    the flags), and nn.Embedding weights (the query vectors: decay would only shrink them towards
-    the same zero vector). Every other weight (Linear, Conv1d incl. Mamba's depthwise conv) decays.
-    Each group also carries "names" (parameter names) for logging.
-    """
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay, decay_names, no_decay_names = [], [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        skip = (
-            p.ndim <= 1
-            or getattr(p, "_no_weight_decay", False)
-            or leaf in _NO_DECAY_NAMES
-            or id(p) in embedding_params
-        )
-        (no_decay if skip else decay).append(p)
-        (no_decay_names if skip else decay_names).append(name)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "names": decay_names},
-        {"params": no_decay, "weight_decay": 0.0, "names": no_decay_names},
-    ]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,10 +23,11 @@ from torch import Tensor, nn
 from detect.config import BackboneConfig, Config
 from detect.data.augment import photometric
 from detect.data.windows import WindowDataset
-from detect.model.detector import Detector, parameter_groups
+from detect.model.detector import Detector
 from extract.cache import FeatureSet
 from extract.decode import normalize
 from extract.i3d import RES4_DIM, RES5_DIM, I3DBackbone, build_backbone, pool_steps, required_halo
+from extract.training import parameter_groups
 
 # backbone.blocks indices of each stage: 1 stem, 2 res2 (and the temporal pool after it),
 # 3 res3, 4 res4, 5 res5.
@@ -144,11 +145,10 @@ def build_e2e_model(cfg: Config, num_classes: int, pretrained: bool = True) -> E
 def e2e_parameter_groups(model: E2EDetector, weight_decay: float, lr: float,
                          lr_mult: float) -> list[dict[str, Any]]:
     """AdamW groups: the detector's (at `lr`), then the trainable backbone's (at lr * lr_mult),
-    each split into decayed / not decayed as `parameter_groups` does."""
-    groups = [dict(g, lr=lr) for g in parameter_groups(model.detector, weight_decay)]
-    for g in parameter_groups(model.backbone, weight_decay):
-        g = dict(g, lr=lr * lr_mult, names=[f"backbone.{n}" for n in g["names"]])
-        groups.append(g)
+    each split into decayed / not decayed by `extract.training.parameter_groups`."""
+    groups = parameter_groups(model.detector, weight_decay, lr=lr)
+    for g in parameter_groups(model.backbone, weight_decay, lr=lr * lr_mult):
+        groups.append(dict(g, names=[f"backbone.{n}" for n in g["names"]]))
     return [g for g in groups if g["params"]]
 
 

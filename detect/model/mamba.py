@@ -253,15 +253,18 @@ class Mamba(nn.Module):
             # S4D-real: A = -(1..N) in every channel, stored as log for positivity.
             A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
             A_log = nn.Parameter(torch.log(A))
-            A_log._no_weight_decay = True
             D = nn.Parameter(torch.ones(self.d_inner))
-            D._no_weight_decay = True
             setattr(self, f"conv1d{s}", conv)
             setattr(self, f"x_proj{s}", x_proj)
             setattr(self, f"dt_proj{s}", dt_proj)
             # mamba-ssm names the backward decay A_b_log (Vim), not A_log_b.
             setattr(self, "A_log" if not s else "A_b_log", A_log)
             setattr(self, f"D{s}", D)
+
+    def no_weight_decay(self) -> set[str]:
+        """A (as its log) and D are the SSM's dynamics, not weights to shrink (mamba-ssm)."""
+        names = {"A_log", "D"}
+        return names | {"A_b_log", "D_b"} if self.bidirectional else names
 
     def _make_dt_proj(
         self, dt_min: float, dt_max: float, dt_init: str, dt_scale: float, floor: float

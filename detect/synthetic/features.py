@@ -213,6 +213,29 @@ def _smg_extras(
     return body, (np.stack([starts, starts + dur_steps], 1), dirs)
 
 
+def _check_settings(profile: str, videos: int, classes: int | None, noise: float,
+                    amplitude: float, min_duration_s: float, max_duration_s: float) -> int:
+    """ValueError for settings no set can have; the number of classes."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    smg = profile == "smg"
+    n_smg = len(smg_profile.CLASSES)
+    if smg and classes not in (None, n_smg):
+        raise ValueError(f"profile smg has SMG's {n_smg} classes, got classes={classes}")
+    classes = (n_smg if smg else 8) if classes is None else classes
+    if videos < 1 or classes < 1:
+        raise ValueError(f"need at least one video and one class, got {videos} and {classes}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    if amplitude <= 0:
+        raise ValueError(f"amplitude must be > 0, got {amplitude}")
+    if not 0 < min_duration_s <= max_duration_s:
+        raise ValueError(
+            f"need 0 < min_duration_s <= max_duration_s, got {min_duration_s}, {max_duration_s}"
+        )
+    return classes
+
+
 def synth_feature_set(
     out: Path | str,
     videos: int,
@@ -245,23 +268,9 @@ def synth_feature_set(
     temporal blur. `amplitude` scales every planted signal against the noise (both profiles).
     Returns the feature set and the annotation path.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     smg = profile == "smg"
-    n_smg = len(smg_profile.CLASSES)
-    if smg and classes not in (None, n_smg):
-        raise ValueError(f"profile smg has SMG's {n_smg} classes, got classes={classes}")
-    classes = (n_smg if smg else 8) if classes is None else classes
-    if videos < 1 or classes < 1:
-        raise ValueError(f"need at least one video and one class, got {videos} and {classes}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
-    if amplitude <= 0:
-        raise ValueError(f"amplitude must be > 0, got {amplitude}")
-    if not 0 < min_duration_s <= max_duration_s:
-        raise ValueError(
-            f"need 0 < min_duration_s <= max_duration_s, got {min_duration_s}, {max_duration_s}"
-        )
+    classes = _check_settings(profile, videos, classes, noise, amplitude, min_duration_s,
+                              max_duration_s)
     clean = noise == 0
     step_s = stride / fps
     min_inst = min_instance_s if min_instance_s is not None else (3 * step_s if clean else 0.3)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from detect.config import Config, check_config
 from detect.data.annotations import Annotations, load_annotations
+from detect.data.standardize import channel_stats
 from detect.data.windows import WindowDataset, collate_windows, window_dataset
 from detect.evaluation.evaluate import evaluate_subset
-from detect.model.build import build_model
-from detect.model.detector import parameter_groups
-from detect.model.e2e import e2e_parameter_groups, feature_mismatch, run_model
+from detect.model.build import build_model, training_groups
+from detect.model.e2e import feature_mismatch, run_model
 from detect.runs import BEST, LAST, check_feature_set, read_run, write_run_files
 from detect.train.ema import WeightEMA
 from detect.train.losses import SetCriterion
@@ -52,10 +52,7 @@ def feature_stats(ds: WindowDataset) -> tuple[torch.Tensor | None, ...]:
         if any(a is None for a in arrays):
             out += [None, None]
             continue
-        n = sum(a.shape[0] for a in arrays)
-        mean = sum(a.sum(0, dtype=np.float64) for a in arrays) / n
-        var = sum(((a - mean) ** 2).sum(0, dtype=np.float64) for a in arrays) / max(n - 1, 1)
-        out += [torch.from_numpy(mean).float(), torch.from_numpy(np.sqrt(var)).float()]
+        out += channel_stats(arrays)
     return tuple(out)
 
 
@@ -87,6 +84,35 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class _Run:
+    """What one training run holds from epoch to epoch."""
+
+    cfg: Config
+    out: Path
+    device: torch.device
+    ddp: Distributed
+    ann: Annotations
+    train_ds: WindowDataset
+    val_ds: WindowDataset | None
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    in_dim: int
+    res4_dim: int
+    criterion: SetCriterion
+    optim: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: WeightEMA | None
+    start_epoch: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+
+    @property
+    def final(self) -> torch.nn.Module:
+        """The weights that are evaluated, selected and saved as "model"."""
+        return self.ema.module if self.ema is not None else self.model
+
+
 def train(
     cfg: Config,
     features: Path,
@@ -99,14 +125,53 @@ def train(
     """Train a detector; returns the best val metrics. `max_epochs` stops early (for tests)."""
     out = Path(out)
     check_config(cfg)
+    device, ddp = _devices(cfg)
+    fs = FeatureSet.find(Path(features))
+    ann: Annotations = load_annotations(Path(annotations), feature_set=fs)
+    _open_run_dir(cfg, fs, ann, Path(annotations), out, resume, ddp)
+    seed_everything(cfg.train.seed + ddp.rank)
+    run = _setup(cfg, fs, ann, out, device, ddp, check_backbone=progress and not resume)
+    if resume and (out / LAST).is_file():
+        _resume(run, load_checkpoint(out / LAST))
+    if ddp.world_size > 1:
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    epochs = cfg.train.epochs if max_epochs is None else min(cfg.train.epochs, max_epochs)
+    for epoch in range(run.start_epoch, epochs):
+        t0 = time.time()
+        row = _train_epoch(run, epoch, epochs, progress)
+        if ddp.main:
+            _validate_and_checkpoint(run, epoch, row)
+            row["seconds"] = round(time.time() - t0, 3)
+            append_metrics_row(out, row)
+            _save_last(run, epoch)
+            if progress:
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
+        if ddp.world_size > 1:
+            dist.barrier()
+
+    if ddp.main:
+        finalize_threshold(out, run.val_ds, ann, cfg, device)
+    if ddp.world_size > 1:
+        dist.barrier()
+    return {"best_metric": run.best_metric, "best_epoch": run.best_epoch}
+
+
+def _devices(cfg: Config) -> tuple[torch.device, Distributed]:
+    """This process's device and its place in a torchrun job (each rank its own GPU)."""
     device = resolve_device(cfg.train.device)
     ddp = Distributed.from_env(device)
     if ddp.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", ddp.local_rank)
         torch.cuda.set_device(device)
+    return device, ddp
 
-    fs = FeatureSet.find(Path(features))
-    ann: Annotations = load_annotations(Path(annotations), feature_set=fs)
+
+def _open_run_dir(cfg: Config, fs: FeatureSet, ann: Annotations, annotations: Path, out: Path,
+                  resume: bool, ddp: Distributed) -> None:
+    """A new run writes its config and run.json; a resumed one must match them."""
     if resume:
         old_cfg, info = read_run(out)
         check_feature_set(out, info, fs)
@@ -115,9 +180,13 @@ def train(
     elif ddp.main:
         if (out / LAST).exists():
             raise RunError(f"{out}: a run is already there; pass --resume or choose another --out")
-        write_run_files(out, cfg, fs, Path(annotations), {"classes": ann.classes})
+        write_run_files(out, cfg, fs, annotations, {"classes": ann.classes})
 
-    seed_everything(cfg.train.seed + ddp.rank)
+
+def _setup(cfg: Config, fs: FeatureSet, ann: Annotations, out: Path, device: torch.device,
+           ddp: Distributed, check_backbone: bool) -> _Run:
+    """Datasets, model, loss, optimiser, schedule and EMA, in the order that draws the seeded
+    random numbers the same way in every run."""
     e2e = cfg.mode == "e2e"
     halo = 0
     if e2e:
@@ -135,149 +204,158 @@ def train(
         if cfg.data.standardize:
             model.set_input_stats(*[t.to(device) if t is not None else None
                                     for t in feature_stats(train_ds)])
-    elif val_ds is not None and progress and ddp.main and not resume:
-        gap = feature_mismatch(model, val_ds, fs)
-        note = ("the backbone reproduces the cached features" if gap < 1e-2 else
-                "the starting backbone does NOT reproduce the cached features (other weights, "
-                "crop or frame size than the feature set's)")
-        tqdm.write(f"e2e: first val window, max relative feature difference {gap:.2g}: {note}")
+    elif val_ds is not None and check_backbone and ddp.main:
+        _report_feature_mismatch(model, val_ds, fs)
     criterion = SetCriterion(cfg.loss, len(ann.classes))
-    if e2e:
-        groups = e2e_parameter_groups(model, cfg.train.weight_decay, cfg.train.lr,
-                                      cfg.backbone.lr_mult)
-    else:
-        groups = parameter_groups(model, cfg.train.weight_decay)
-    optim = torch.optim.AdamW(groups, lr=cfg.train.lr)
-    sched = torch.optim.lr_scheduler.StepLR(optim, cfg.train.lr_step, cfg.train.lr_gamma)
+    optim = torch.optim.AdamW(training_groups(cfg, model), lr=cfg.train.lr)
+    return _Run(
+        cfg, out, device, ddp, ann, train_ds, val_ds, model, model, in_dim, res4_dim,
+        criterion=criterion,
+        optim=optim,
+        sched=torch.optim.lr_scheduler.StepLR(optim, cfg.train.lr_step, cfg.train.lr_gamma),
+        ema=WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None,
+    )
 
-    ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
-    start_epoch, best_metric, best_epoch = 0, -math.inf, -1
-    if resume and (out / LAST).is_file():
-        ck = load_checkpoint(out / LAST)
-        model.load_state_dict(ck["raw_model"] if ema is not None else ck["model"])
-        if ema is not None:
-            ema.load_state_dict(ck["ema"])
-        optim.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, best_metric, best_epoch = ck["epoch"] + 1, ck["best_metric"], ck["best_epoch"]
-        _set_rng_state(ck["rng"])
 
-    net: torch.nn.Module = model
-    if ddp.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+def _report_feature_mismatch(model: torch.nn.Module, val_ds: WindowDataset,
+                             fs: FeatureSet) -> None:
+    gap = feature_mismatch(model, val_ds, fs)
+    note = ("the backbone reproduces the cached features" if gap < 1e-2 else
+            "the starting backbone does NOT reproduce the cached features (other weights, "
+            "crop or frame size than the feature set's)")
+    tqdm.write(f"e2e: first val window, max relative feature difference {gap:.2g}: {note}")
+
+
+def _resume(run: _Run, ck: dict[str, Any]) -> None:
+    """Weights, EMA, optimiser, schedule, best-so-far and RNG of the last finished epoch."""
+    run.model.load_state_dict(ck["raw_model"] if run.ema is not None else ck["model"])
+    if run.ema is not None:
+        run.ema.load_state_dict(ck["ema"])
+    run.optim.load_state_dict(ck["optimizer"])
+    run.sched.load_state_dict(ck["scheduler"])
+    run.start_epoch, run.best_metric, run.best_epoch = (
+        ck["epoch"] + 1, ck["best_metric"], ck["best_epoch"])
+    _set_rng_state(ck["rng"])
+
+
+def _epoch_indices(run: _Run, epoch: int) -> list[int]:
+    """This rank's training windows of `epoch`, in order."""
+    # The shuffle depends only on (seed, epoch), so a resumed run sees the same order.
+    order = torch.Generator().manual_seed(run.cfg.train.seed * 100_003 + epoch)
+    indices = torch.randperm(len(run.train_ds), generator=order).tolist()
+    # Every rank must take the same number of steps (DDP all-reduces each one): wrap around.
+    world = run.ddp.world_size
+    per_rank = -(-len(indices) // world)
+    indices = [indices[i % len(indices)] for i in range(per_rank * world)]
+    return indices[run.ddp.rank :: world]
+
+
+def _train_epoch(run: _Run, epoch: int, epochs: int, progress: bool) -> dict[str, Any]:
+    """One pass over this rank's training windows; the epoch's row of metrics.csv so far."""
+    cfg = run.cfg
+    indices = _epoch_indices(run, epoch)
+    run.train_ds.set_epoch(epoch)
+    loader = DataLoader(
+        torch.utils.data.Subset(run.train_ds, indices),
+        batch_size=cfg.train.batch_size,
+        shuffle=False,
+        collate_fn=collate_windows,
+        num_workers=cfg.train.num_workers,
+    )
+    run.net.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}",
+               disable=not (progress and run.ddp.main), leave=False)
+    for i, batch in enumerate(bar):
+        loss, logs = _losses(run, _to_device(batch, run.device), epoch, steps)
+        _backward_and_step(run, loss, i, len(loader))
+        steps += 1
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    lr = run.optim.param_groups[0]["lr"]
+    run.sched.step()
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_windows": len(indices)}
+    row.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
+    return row
+
+
+def _losses(run: _Run, batch: dict[str, Any], epoch: int, step: int
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The batch's loss and its parts; TrainingDiverged on a NaN or inf output or loss."""
+    outputs = run_model(run.net, batch, run.device, run.cfg.data.window, amp=run.cfg.train.amp)
+    outputs = {k: v.float() for k, v in outputs.items()}
+    bad = [k for k, v in outputs.items() if not torch.isfinite(v).all()]
+    if not bad:
+        loss, logs = run.criterion(outputs, batch["targets"], batch["dense"])
+        if not torch.isfinite(loss):
+            bad = ["loss"]
+    if bad:
+        raise TrainingDiverged(
+            f"NaN or inf in {', '.join(bad)} at epoch {epoch + 1}, step {step + 1}; "
+            f"the last good checkpoint is {run.out / LAST}. Try a lower train.lr or "
+            "train.clip_grad."
         )
-
-    epochs = cfg.train.epochs if max_epochs is None else min(cfg.train.epochs, max_epochs)
-    use_amp = cfg.train.amp
-    for epoch in range(start_epoch, epochs):
-        t0 = time.time()
-        # The shuffle depends only on (seed, epoch), so a resumed run sees the same order.
-        order = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
-        indices = torch.randperm(len(train_ds), generator=order).tolist()
-        # Every rank must take the same number of steps (DDP all-reduces each one): wrap around.
-        per_rank = -(-len(indices) // ddp.world_size)
-        indices = [indices[i % len(indices)] for i in range(per_rank * ddp.world_size)]
-        indices = indices[ddp.rank :: ddp.world_size]
-        train_ds.set_epoch(epoch)
-        loader = DataLoader(
-            torch.utils.data.Subset(train_ds, indices),
-            batch_size=cfg.train.batch_size,
-            shuffle=False,
-            collate_fn=collate_windows,
-            num_workers=cfg.train.num_workers,
-        )
-        net.train()
-        sums: dict[str, float] = {}
-        steps = 0
-        accum, num_batches = cfg.train.grad_accum, len(loader)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ddp.main),
-                   leave=False)
-        for i, batch in enumerate(bar):
-            batch = _to_device(batch, device)
-            outputs = run_model(net, batch, device, cfg.data.window, amp=use_amp)
-            outputs = {k: v.float() for k, v in outputs.items()}
-            bad = [k for k, v in outputs.items() if not torch.isfinite(v).all()]
-            if not bad:
-                loss, logs = criterion(outputs, batch["targets"], batch["dense"])
-                if not torch.isfinite(loss):
-                    bad = ["loss"]
-            if bad:
-                raise TrainingDiverged(
-                    f"NaN or inf in {', '.join(bad)} at epoch {epoch + 1}, step {steps + 1}; "
-                    f"the last good checkpoint is {out / LAST}. Try a lower train.lr or "
-                    "train.clip_grad."
-                )
-            # The batches of one optimiser step; the last group of an epoch may be shorter.
-            first = i // accum * accum
-            group = min(accum, num_batches - first)
-            if i == first:
-                optim.zero_grad(set_to_none=True)
-            stepping = i == first + group - 1
-            sync = nullcontext() if stepping or ddp.world_size == 1 else net.no_sync()
-            with sync:
-                (loss / group if group > 1 else loss).backward()
-            if stepping:
-                if cfg.train.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], cfg.train.clip_grad)
-                optim.step()
-                if ema is not None:
-                    ema.update(model)
-            steps += 1
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        lr = optim.param_groups[0]["lr"]
-        sched.step()
-
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_windows": len(indices)}
-        row.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
-        if ddp.main:
-            # The weights that are evaluated, selected and saved as "model".
-            final = ema.module if ema is not None else model
-            metrics = {}
-            if val_ds is not None:
-                metrics, _ = evaluate_subset(final, val_ds, ann, cfg, device, threshold=None)
-                row.update({f"val_{k}": metrics[k] for k in ("f1_miga", "f1_strict", "map")})
-            current = metrics.get(cfg.train.select_metric, -row["train_loss"])
-            if current >= best_metric:  # ties go to the later, longer-trained epoch
-                best_metric, best_epoch = current, epoch + 1
-                save_checkpoint(out / BEST, _checkpoint(final, cfg, ann, in_dim, res4_dim, epoch,
-                                                        best_metric, best_epoch))
-            row["seconds"] = round(time.time() - t0, 3)
-            append_metrics_row(out, row)
-            state = _checkpoint(final, cfg, ann, in_dim, res4_dim, epoch, best_metric, best_epoch)
-            state.update(optimizer=optim.state_dict(), scheduler=sched.state_dict(),
-                         rng=_rng_state())
-            if ema is not None:
-                state.update(raw_model=model.state_dict(), ema=ema.state_dict())
-            save_checkpoint(out / LAST, state)
-            if progress:
-                shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
-                tqdm.write(f"epoch {epoch + 1}/{epochs}: {shown}")
-        if ddp.world_size > 1:
-            dist.barrier()
-
-    if ddp.main:
-        finalize_threshold(out, val_ds, ann, cfg, device)
-    if ddp.world_size > 1:
-        dist.barrier()
-    return {"best_metric": best_metric, "best_epoch": best_epoch}
+    return loss, logs
 
 
-def _checkpoint(model: torch.nn.Module, cfg: Config, ann: Annotations, in_dim: int, res4_dim: int,
-                epoch: int, best_metric: float, best_epoch: int) -> dict[str, Any]:
+def _backward_and_step(run: _Run, loss: torch.Tensor, i: int, num_batches: int) -> None:
+    """Batch i's gradients; an optimiser step after each `train.grad_accum` batches (the last
+    group of an epoch may be shorter)."""
+    accum = run.cfg.train.grad_accum
+    first = i // accum * accum
+    group = min(accum, num_batches - first)
+    if i == first:
+        run.optim.zero_grad(set_to_none=True)
+    stepping = i == first + group - 1
+    sync = nullcontext() if stepping or run.ddp.world_size == 1 else run.net.no_sync()
+    with sync:
+        (loss / group if group > 1 else loss).backward()
+    if not stepping:
+        return
+    if run.cfg.train.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in run.model.parameters() if p.requires_grad], run.cfg.train.clip_grad)
+    run.optim.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+
+
+def _validate_and_checkpoint(run: _Run, epoch: int, row: dict[str, Any]) -> None:
+    """Val metrics into `row`; best.pt when the selection metric did not get worse."""
+    metrics: dict[str, Any] = {}
+    if run.val_ds is not None:
+        metrics, _ = evaluate_subset(run.final, run.val_ds, run.ann, run.cfg, run.device,
+                                     threshold=None)
+        row.update({f"val_{k}": metrics[k] for k in ("f1_miga", "f1_strict", "map")})
+    current = metrics.get(run.cfg.train.select_metric, -row["train_loss"])
+    if current >= run.best_metric:  # ties go to the later, longer-trained epoch
+        run.best_metric, run.best_epoch = current, epoch + 1
+        save_checkpoint(run.out / BEST, _checkpoint(run, epoch))
+
+
+def _save_last(run: _Run, epoch: int) -> None:
+    """last.pt: everything `--resume` needs to continue after this epoch."""
+    state = _checkpoint(run, epoch)
+    state.update(optimizer=run.optim.state_dict(), scheduler=run.sched.state_dict(),
+                 rng=_rng_state())
+    if run.ema is not None:
+        state.update(raw_model=run.model.state_dict(), ema=run.ema.state_dict())
+    save_checkpoint(run.out / LAST, state)
+
+
+def _checkpoint(run: _Run, epoch: int) -> dict[str, Any]:
     return {
-        "model": model.state_dict(),
-        "config": config_to_dict(cfg),
-        "classes": list(ann.classes),
-        "in_dim": in_dim,
-        "res4_dim": res4_dim,
+        "model": run.final.state_dict(),
+        "config": config_to_dict(run.cfg),
+        "classes": list(run.ann.classes),
+        "in_dim": run.in_dim,
+        "res4_dim": run.res4_dim,
         "epoch": epoch,
-        "best_metric": float(best_metric),
-        "best_epoch": int(best_epoch),
+        "best_metric": float(run.best_metric),
+        "best_epoch": int(run.best_epoch),
     }
 
 

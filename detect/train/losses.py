@@ -28,30 +28,17 @@ returned total is the weighted sum that is back-propagated.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss
 
 from detect.config import LossConfig
 from detect.model.segments import paired_iou_loss, se_to_cl
 from detect.train.matching import HungarianMatcher, Match, check_targets
-
-
-def sigmoid_focal_loss(
-    logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> Tensor:
-    """Element-wise sigmoid focal loss (RetinaNet); logits, targets (...) -> (...) unreduced.
-
-    `alpha` < 0 disables the positive/negative balancing.
-    """
-    p = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce * (1 - p_t).pow(gamma)
-    if alpha >= 0:
-        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
-    return loss
 
 
 def _num_gt(count: int, device: torch.device) -> Tensor:
@@ -117,9 +104,7 @@ class SetCriterion:
 
         Built on the CPU and moved in one transfer instead of one per sample.
         """
-        offsets = [0]
-        for n in sizes[:-1]:
-            offsets.append(offsets[-1] + n)
+        offsets = [0, *itertools.accumulate(sizes[:-1])]
         rows = [
             torch.stack((torch.full_like(p, b), p, g + off))
             for b, ((p, g), off) in enumerate(zip(matches, offsets, strict=True))

@@ -139,7 +139,7 @@ class HungarianMatcher:
             class_cost = pos - neg
         else:
             class_cost = -logits.softmax(-1)[:, gt_labels]
-        l1 = (se_to_cl(pred)[:, None, :] - se_to_cl(gt)[None, :, :]).abs().sum(-1)
+        l1 = torch.cdist(se_to_cl(pred), se_to_cl(gt), p=1)
         iou = segment_tiou(pred.clamp(0, 1), gt)
         cost = self.cost_class * class_cost + self.cost_l1 * l1 + self.cost_iou * (1 - iou)
         return cost.reshape(*lead, gt.shape[0])
@@ -147,10 +147,9 @@ class HungarianMatcher:
     def _solve(self, cost: np.ndarray, sizes: list[int], where: str) -> list[Match]:
         """cost (B, Nq, T) on the CPU -> per-sample matches."""
         out: list[Match] = []
-        start = 0
-        for b, n in enumerate(sizes):
-            block = cost[b, :, start : start + n]
-            start += n
+        blocks = np.split(cost, np.cumsum(sizes)[:-1], axis=2)
+        for b, (n, block) in enumerate(zip(sizes, blocks, strict=True)):
+            block = block[b]
             if n == 0:
                 empty = torch.zeros(0, dtype=torch.int64)
                 out.append((empty, empty.clone()))

@@ -40,15 +40,10 @@ def _number(where: str, what: str, value: Any) -> float:
     return float(value)
 
 
-def convert_activitynet(
-    json_path: Path,
-    out: Path | None,
-    classes: Sequence[str] | None = None,
-    default_fps: float = 30.0,
-    verbose: bool = True,
-) -> dict[str, Any]:
-    """Convert an ActivityNet-style JSON file; write the canonical annotations to `out`."""
-    path = Path(json_path)
+_Raw = tuple[str, str, float, float, list[tuple[str, float, float]]]
+
+
+def _read_database(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
@@ -58,42 +53,57 @@ def convert_activitynet(
     db = data.get("database") if isinstance(data, dict) else None
     if not isinstance(db, dict):
         raise DatasetError(f"{path}: no 'database' object at the top level")
+    return db
 
-    raw: list[tuple[str, str, float, float, list[tuple[str, float, float]]]] = []
-    for vid, v in db.items():
-        where = f"{path}: video {vid}"
-        if not isinstance(v, dict):
-            raise DatasetError(f"{where}: entry is not an object")
-        subset = SUBSET_NAMES.get(str(v.get("subset", "")).lower())
-        if subset is None:
-            raise DatasetError(
-                f"{where}: subset {v.get('subset')!r} is not training/validation/testing"
-            )
-        if "duration" not in v:
-            raise DatasetError(f"{where}: 'duration' is missing")
-        duration = _number(where, "duration", v["duration"])
-        fps = _number(where, "fps", v["fps"]) if "fps" in v else float(default_fps)
-        if duration < 0 or fps <= 0:
-            raise DatasetError(f"{where}: duration must be >= 0 and fps > 0")
-        anns = v.get("annotations", [])
-        if not isinstance(anns, list):
-            raise DatasetError(f"{where}: 'annotations' is not a list")
-        segs = []
-        for k, a in enumerate(anns, start=1):
-            at = f"{where}, annotation {k}"
-            if not isinstance(a, dict) or "label" not in a or "segment" not in a:
-                raise DatasetError(f"{at}: needs 'label' and 'segment'")
-            seg = a["segment"]
-            if not isinstance(seg, (list, tuple)) or len(seg) != 2:
-                raise DatasetError(f"{at}: segment {seg!r} is not [start, end]")
-            s, e = (_number(at, "segment time", t) for t in seg)
-            if e < s:
-                raise DatasetError(f"{at}: segment end {e} is before start {s}")
-            if s < 0:
-                raise DatasetError(f"{at}: segment start {s} is negative")
-            segs.append((str(a["label"]), s, e))
-        raw.append((str(vid), subset, duration, fps, segs))
 
+def _segment(at: str, a: Any) -> tuple[str, float, float]:
+    """(label, start, end) of one annotation."""
+    if not isinstance(a, dict) or "label" not in a or "segment" not in a:
+        raise DatasetError(f"{at}: needs 'label' and 'segment'")
+    seg = a["segment"]
+    if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+        raise DatasetError(f"{at}: segment {seg!r} is not [start, end]")
+    s, e = (_number(at, "segment time", t) for t in seg)
+    if e < s:
+        raise DatasetError(f"{at}: segment end {e} is before start {s}")
+    if s < 0:
+        raise DatasetError(f"{at}: segment start {s} is negative")
+    return str(a["label"]), s, e
+
+
+def _video(where: str, vid: str, v: Any, default_fps: float) -> _Raw:
+    """One video's entry, checked, with its labels still names."""
+    if not isinstance(v, dict):
+        raise DatasetError(f"{where}: entry is not an object")
+    subset = SUBSET_NAMES.get(str(v.get("subset", "")).lower())
+    if subset is None:
+        raise DatasetError(
+            f"{where}: subset {v.get('subset')!r} is not training/validation/testing"
+        )
+    if "duration" not in v:
+        raise DatasetError(f"{where}: 'duration' is missing")
+    duration = _number(where, "duration", v["duration"])
+    fps = _number(where, "fps", v["fps"]) if "fps" in v else float(default_fps)
+    if duration < 0 or fps <= 0:
+        raise DatasetError(f"{where}: duration must be >= 0 and fps > 0")
+    anns = v.get("annotations", [])
+    if not isinstance(anns, list):
+        raise DatasetError(f"{where}: 'annotations' is not a list")
+    segs = [_segment(f"{where}, annotation {k}", a) for k, a in enumerate(anns, start=1)]
+    return str(vid), subset, duration, fps, segs
+
+
+def convert_activitynet(
+    json_path: Path,
+    out: Path | None,
+    classes: Sequence[str] | None = None,
+    default_fps: float = 30.0,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Convert an ActivityNet-style JSON file; write the canonical annotations to `out`."""
+    path = Path(json_path)
+    db = _read_database(path)
+    raw = [_video(f"{path}: video {vid}", vid, v, default_fps) for vid, v in db.items()]
     names = sorted({lab for *_, segs in raw for lab, _, _ in segs}) if classes is None else classes
     index = {n: i for i, n in enumerate(names)}
     records = []

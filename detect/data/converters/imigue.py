@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,51 @@ def find_label_files(root: Path) -> dict[str, Path]:
     return per_video
 
 
+def _label_sources(root: Path, labels_csv: Path | None
+                   ) -> tuple[Path, dict[str, Path], Path | None]:
+    """(folder of the videos, per-video label files, the original label CSV or None)."""
+    if root.is_file():
+        return root.parent, {}, root
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such file or directory")
+    if labels_csv is None:
+        labels_csv = find_one(root, "labels_*.csv")
+    return root, find_label_files(root), labels_csv
+
+
+def _subset_lookup(split: Mapping[str, str] | str | None, subjects: dict[str, int],
+                   per_video: dict[str, Path], root: Path) -> Callable[[str], str | None]:
+    """video id -> subset (None: in no subset of the split)."""
+    if isinstance(split, Mapping):
+        return dict(split).get
+    table, rest = subject_split(split if split is not None else DEFAULT_IMIGUE_SPLIT)
+
+    def subset_of(vid: str) -> str | None:
+        if vid not in subjects:
+            raise DatasetError(
+                f"{per_video.get(vid, root)}: no subject id for video {vid} (give the "
+                f"original labels CSV, or a video -> subset mapping as the split)"
+            )
+        return table.get(subjects[vid], rest)
+
+    return subset_of
+
+
+def _record(vid: str, label_path: Path | None, rows: list[LabelRow], folder: Path,
+            subset: str | None, where: Path | None, fps: float, frame_base: int) -> VideoRecord:
+    """One video's instances; its duration from the video file, else its last label's end."""
+    video = video_for(vid, label_path.parent if label_path else folder)
+    probe = probe_video(video) if video is not None else None
+    insts = rows_to_instances(rows, fps, frame_base, probe.num_frames if probe else None)
+    if subset is None:
+        raise DatasetError(f"{where}: video {vid} is in no subset of the split")
+    if probe is not None:
+        duration = probe.num_frames / fps if probe.num_frames else probe.duration
+    else:
+        duration = max((i.end_s for i in insts), default=0.0)
+    return VideoRecord(vid, subset, duration, fps, insts, duration_guessed=probe is None)
+
+
 def convert_imigue(
     root: Path,
     out: Path | None,
@@ -263,17 +308,7 @@ def convert_imigue(
     root = Path(root)
     if frame_base not in (0, 1):
         raise ValueError(f"frame_base must be 0 or 1, got {frame_base}")
-    if root.is_file():
-        labels_csv, folder = root, root.parent
-    elif root.is_dir():
-        folder = root
-        if labels_csv is None:
-            labels_csv = find_one(root, "labels_*.csv")
-    else:
-        raise DatasetError(f"{root}: no such file or directory")
-
-    per_video = find_label_files(root) if root.is_dir() else {}
-
+    folder, per_video, labels_csv = _label_sources(root, labels_csv)
     original: dict[str, list[LabelRow]] = {}
     subjects: dict[str, int] = {}
     if labels_csv is not None:
@@ -281,47 +316,17 @@ def convert_imigue(
         original, subjects = orig.labels, orig.subjects
     if not per_video and not original:
         raise DatasetError(f"{root}: no iMiGUE labels (XXXX/XXXX_label.csv or labels_*.csv)")
-
-    if isinstance(split, Mapping):
-        mapping = dict(split)
-
-        def subset_of(vid: str) -> str | None:
-            return mapping.get(vid)
-    else:
-        table, rest = subject_split(split if split is not None else DEFAULT_IMIGUE_SPLIT)
-
-        def subset_of(vid: str) -> str | None:
-            if vid not in subjects:
-                raise DatasetError(
-                    f"{per_video.get(vid, root)}: no subject id for video {vid} (give the "
-                    f"original labels CSV, or a video -> subset mapping as the split)"
-                )
-            return table.get(subjects[vid], rest)
-
-    records: list[VideoRecord] = []
-    guessed: list[str] = []
+    subset_of = _subset_lookup(split, subjects, per_video, root)
+    records = []
     for vid in sorted(per_video or original):
         label_path = per_video.get(vid)
-        video = video_for(vid, label_path.parent if label_path else folder)
-        probe = probe_video(video) if video is not None else None
-        num_frames = probe.num_frames if probe is not None else None
         rows = read_label_csv(label_path) if label_path is not None else original[vid]
-        insts = rows_to_instances(rows, fps, frame_base, num_frames)
-        subset = subset_of(vid)
-        if subset is None:
-            where = label_path or labels_csv
-            raise DatasetError(f"{where}: video {vid} is in no subset of the split")
-        if probe is not None:
-            duration = probe.num_frames / fps if probe.num_frames else probe.duration
-        else:
-            duration = max((i.end_s for i in insts), default=0.0)
-            guessed.append(vid)
-        records.append(
-            VideoRecord(vid, subset, duration, fps, insts, duration_guessed=probe is None)
-        )
+        records.append(_record(vid, label_path, rows, folder, subset_of(vid),
+                               label_path or labels_csv, fps, frame_base))
     ann = build_annotations(IMIGUE_CLASSES, records)
     if out is not None:
         write_annotations(Path(out), ann)
+    guessed = [r.video_id for r in records if r.duration_guessed]
     if verbose:
         print(summarize(ann))
         if guessed:
