@@ -20,7 +20,7 @@ def render(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Render a synthetic iMiGUE: videos, label CSVs, OpenPose JSON, the original label file."""
-    from classify.render import render_imigue
+    from classify.synthetic import render_imigue
 
     made = render_imigue(out, videos, minutes, seed)
     clips = sum(len(v.plan) for v in made)
@@ -38,7 +38,8 @@ def train(
     """Train the skeleton streams (and, with rgb.enabled, the RGB and fusion heads) on the training
     subjects; evaluate on the test subjects."""
     from classify.config import load_classify_config
-    from classify.train import format_metrics, run_classify
+    from classify.report import format_metrics
+    from classify.run import run_classify
 
     cfg = load_classify_config(config, set_)
     metrics = run_classify(cfg, data, cache, out)

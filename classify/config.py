@@ -1,16 +1,59 @@
-"""Clip-classification configuration: plain dataclasses from TOML with `--set a.b=value`
-overrides (the loader of `detect.config`: unknown keys and wrong types are errors)."""
+"""Clip-classification configuration: every dataclass of the classifier, loaded from TOML with
+`--set a.b=value` overrides by the one loader (`extract.config`: unknown keys, wrong types and
+choices outside a Literal are errors)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from classify.emotion import EmotionConfig
-from classify.model.agcn import AGCNConfig
-from classify.model.fusion import FusionConfig
-from classify.rgb_tokens import RGBConfig
 from extract.config import ConfigError, load_dataclass
+
+
+@dataclass
+class AGCNConfig:
+    channels: list[int] = field(default_factory=lambda: [64, 64, 64, 64, 128, 128, 128, 256,
+                                                         256, 256])
+    strides: list[int] = field(default_factory=lambda: [1, 1, 1, 1, 2, 1, 1, 2, 1, 1])
+    temporal_kernel: int = 9
+    adaptive: bool = True  # B_k and C_k; False gives ST-GCN's fixed graph
+    dropout: float = 0.0
+
+
+@dataclass
+class FusionConfig:
+    dim: int = 256
+    heads: int = 4
+    layers: int = 2
+    dropout: float = 0.1
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 5e-4  # AdamW, cosine after one warmup epoch
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class RGBConfig:
+    enabled: bool = False  # then the RGB heads and the token fusion run after the skeleton
+    cache: str = "cache/rgb"
+    weights: str = "kinetics"  # "kinetics" (hub cache), a checkpoint path, or "random"
+    frames: int = 16
+    size: int = 224
+    short_side: int = 0  # resize before the centre crop; 0 = size * 256 / 224 (Kinetics preset)
+    batch_size: int = 8
+    seed: int = 0  # of random weights
+
+
+@dataclass
+class EmotionConfig:
+    enabled: bool = False  # needs rgb.enabled: the clips' MViT tokens are the context
+    face_weights: str = ""  # a SwinFace checkpoint path, or "random" (on purpose)
+    face_frames: int = 4  # face crops per clip
+    cache: str = "cache/face"
+    batch_size: int = 32
+    seed: int = 0  # of random face weights
+    fusion: FusionConfig = field(default_factory=lambda: FusionConfig(epochs=20))
 
 
 @dataclass

@@ -18,36 +18,24 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from classify.clips import Clip, ClipIndex
-from classify.faces import crop_faces, face_boxes
-from classify.fusion_train import run_heads
+from classify.config import EmotionConfig
+from classify.data.clips import Clip, ClipIndex
+from classify.data.faces import crop_faces, face_boxes
 from classify.metrics import binary_report
-from classify.model.fusion import FusionConfig
-from classify.rgb_tokens import clip_frame_indices
-from classify.swin import build_swinface, face_input
-from classify.token_cache import cache_clip_tokens, load_clip_tokens
+from classify.model.swin import build_swinface, face_input
+from classify.tokens.cache import cache_clip_tokens, load_clip_tokens
+from classify.tokens.rgb import clip_frame_indices
+from classify.train.fusion import run_heads
 from extract.cache import FeatureSet
 from extract.io import atomic_write_bytes
 
 HEADS = {"face": ("face",), "context": ("context",), "interfusion": ("face", "context")}
-
-
-@dataclass
-class EmotionConfig:
-    enabled: bool = False  # needs rgb.enabled: the clips' MViT tokens are the context
-    face_weights: str = ""  # a SwinFace checkpoint path, or "random" (on purpose)
-    face_frames: int = 4  # face crops per clip
-    cache: str = "cache/face"
-    batch_size: int = 32
-    seed: int = 0  # of random face weights
-    fusion: FusionConfig = field(default_factory=lambda: FusionConfig(epochs=20))
 
 
 def extract_face_tokens(index: ClipIndex, keypoints: dict[str, np.ndarray], root: Path,

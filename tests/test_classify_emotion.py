@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from classify.config import load_classify_config
-from classify.faces import crop_faces, face_boxes
+from classify.data.faces import crop_faces, face_boxes
 from classify.metrics import auroc, binary_report
 from extract.config import ConfigError
 

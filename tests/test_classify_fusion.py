@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from classify.clips import Clip, ClipIndex, index_imigue
-from classify.config import load_classify_config
-from classify.model.fusion import FusionClassifier, FusionConfig
-from classify.render import render_imigue
-from classify.train import run_classify, write_miga_csv
+from classify.config import FusionConfig, load_classify_config
+from classify.data.clips import Clip, ClipIndex, index_imigue
+from classify.model.fusion import FusionClassifier
+from classify.report import write_miga_csv
+from classify.run import run_classify
+from classify.synthetic import render_imigue
 
 RGB_SHAPE, SKEL_SHAPE = (5, 12), (8, 6)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models.video import mvit_v2_s
 
-from classify.mvit import _build, build_mvit, mvit_path
+from classify.model.mvit import _build, build_mvit, mvit_path
 from extract.weights import WeightsError
 
 

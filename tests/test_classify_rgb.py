@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from classify.clips import index_imigue
-from classify.mvit import build_mvit, mvit_input
-from classify.render import render_imigue
-from classify.rgb_tokens import RGBConfig, clip_frame_indices, extract_rgb_tokens, load_rgb_tokens
+from classify.config import RGBConfig
+from classify.data.clips import index_imigue
+from classify.model.mvit import build_mvit, mvit_input
+from classify.synthetic import render_imigue
+from classify.tokens.rgb import clip_frame_indices, extract_rgb_tokens, load_rgb_tokens
 from extract.decode import resize_crop
 
 

@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from classify.__main__ import app
-from classify.clips import index_imigue
 from classify.config import load_classify_config
-from classify.render import CLASS_MAP, render_imigue
-from classify.skeleton_cache import load_skeletons
-from classify.train import run_classify
+from classify.data.clips import index_imigue
+from classify.data.skeleton_cache import load_skeletons
+from classify.run import run_classify
+from classify.synthetic import CLASS_MAP, render_imigue
 from detect.data.converters.common import DatasetError, probe_video
 from detect.data.converters.imigue import DEFAULT_TRAIN_SUBJECTS, IMIGUE_CLASSES
 from detect.synthetic.videos import GESTURES

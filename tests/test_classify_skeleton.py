@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from classify.metrics import classification_report, confusion_matrix, topk_accuracy
-from classify.model.agcn import AGCN, AGCNConfig, GraphConv
-from classify.openpose import (
+from classify.config import AGCNConfig
+from classify.data.openpose import (
     FINGERTIPS,
     LEFT_HAND,
     NUM_KEYPOINTS,
@@ -20,7 +19,7 @@ from classify.openpose import (
     read_openpose_frame,
     write_openpose_dir,
 )
-from classify.skeleton import (
+from classify.data.skeleton import (
     BODY_25_PARENTS,
     EDGES,
     adjacency_subsets,
@@ -29,6 +28,8 @@ from classify.skeleton import (
     normalise,
     sample_frames,
 )
+from classify.metrics import classification_report, confusion_matrix, topk_accuracy
+from classify.model.agcn import AGCN, GraphConv
 from detect.data.converters.common import DatasetError
 
 

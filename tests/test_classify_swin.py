@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models.swin_transformer import SwinTransformer
 
-from classify.swin import SwinFaceBackbone, build_swinface, face_input
+from classify.model.swin import SwinFaceBackbone, build_swinface, face_input
 from extract.weights import WeightsError
 
 

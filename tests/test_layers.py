@@ -36,7 +36,16 @@ LAYERS = {
         ("detect.__main__", "detect"),
     ],
     "classify": [
-        ("classify",),
+        ("classify.config",),
+        ("classify.data", "classify.metrics"),
+        ("classify.model",),
+        ("classify.tokens",),
+        ("classify.train",),
+        ("classify.report",),
+        ("classify.emotion",),
+        ("classify.run",),
+        ("classify.synthetic",),
+        ("classify.__main__", "classify"),
     ],
 }
 CORE = ("detect.config", "detect.runs", "detect.data", "detect.model", "detect.inference",

@@ -53,7 +53,20 @@ def _click_command(module: str, words: list[str]):
     return cmd, rest
 
 
+def _check_bench(module: str, words: list[str], line: str) -> None:
+    """`python -m bench.NAME`: a benchmark module that exists (NAME is a placeholder for any of
+    them) and takes the options shown (each an argparse option in its source)."""
+    name = module.removeprefix("bench.")
+    files = sorted((REPO / "bench").glob("*.py")) if name == "NAME" else [
+        REPO / "bench" / f"{name}.py"]
+    assert all(f.is_file() for f in files), f"{line}: no such benchmark"
+    for opt in re.findall(r"--[a-z][a-z0-9-]*", " ".join(words)):
+        assert all(f'"{opt}"' in f.read_text() for f in files), f"{line}: {opt} is not an option"
+
+
 def _check_python_m(module: str, words: list[str], line: str) -> None:
+    if module.startswith("bench."):
+        return _check_bench(module, words, line)
     assert module in ("extract", "detect"), line
     cmd, rest = _click_command(module, words)
     known = {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}

@@ -14,23 +14,12 @@ Shapes: x (N, C, T, V): C input channels (x, y, confidence), T frames, V joints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from classify.skeleton import NUM_JOINTS, adjacency_subsets
-
-
-@dataclass
-class AGCNConfig:
-    channels: list[int] = field(default_factory=lambda: [64, 64, 64, 64, 128, 128, 128, 256,
-                                                         256, 256])
-    strides: list[int] = field(default_factory=lambda: [1, 1, 1, 1, 2, 1, 1, 2, 1, 1])
-    temporal_kernel: int = 9
-    adaptive: bool = True  # B_k and C_k; False gives ST-GCN's fixed graph
-    dropout: float = 0.0
+from classify.config import AGCNConfig
+from classify.data.skeleton import NUM_JOINTS, adjacency_subsets
 
 
 class GraphConv(nn.Module):
@@ -54,6 +43,10 @@ class GraphConv(nn.Module):
         self.down = (nn.Identity() if c_in == c_out
                      else nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.BatchNorm2d(c_out)))
 
+
+    def no_weight_decay(self) -> set[str]:
+        """B, the learned adjacency, starts at 1e-6 and is not a weight to shrink (2s-AGCN)."""
+        return {"B"} if self.B is not None else set()
     def graphs(self, x: Tensor) -> Tensor:
         """(N, C_in, T, V) -> (N, K, V, V): each subset's graph for this sample."""
         n, _, t, v = x.shape

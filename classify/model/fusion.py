@@ -10,23 +10,10 @@ ablation changes only what is attended to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-
-@dataclass
-class FusionConfig:
-    dim: int = 256
-    heads: int = 4
-    layers: int = 2
-    dropout: float = 0.1
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 5e-4  # AdamW, cosine after one warmup epoch
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
+from classify.config import FusionConfig
 
 
 class AttentionBlock(nn.Module):

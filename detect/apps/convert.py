@@ -1,7 +1,5 @@
-"""`python -m detect convert {smg,imigue,activitynet}` and `python -m detect synth-videos`.
-
-The lead mounts `app` as the `convert` sub-app and `synth_videos` as a command.
-"""
+"""`python -m detect convert {smg,imigue,activitynet}` and `python -m detect synth-videos`
+(`detect/__main__.py` mounts `app` as the `convert` sub-app and `synth_videos` as a command)."""
 
 from __future__ import annotations
 

@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from classify.clips import Clip
+from classify.config import FusionConfig
+from classify.data.clips import Clip
+from classify.data.skeleton import clip_input
 from classify.model.agcn import AGCN
-from classify.model.fusion import FusionClassifier, FusionConfig
-from classify.skeleton import clip_input
-from extract.io import append_metrics_row, load_checkpoint, save_checkpoint
+from classify.model.fusion import FusionClassifier
+from extract.io import append_metrics_row, save_checkpoint
+from extract.training import resume, warmup_cosine
 
 Tokens = dict[str, np.ndarray]  # modality -> (N, N_m, C_m)
 
@@ -48,11 +50,9 @@ def skeleton_tokens(models: dict[str, AGCN], clips: list[Clip], keypoints: dict[
 
 
 def _lr(step: float, steps_per_epoch: int, cfg: FusionConfig) -> float:
-    warm = steps_per_epoch
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    total = max(cfg.epochs * steps_per_epoch - warm, 1)
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / total))
+    """One warm-up epoch, then a cosine to 0 over the other epochs (per step)."""
+    return warmup_cosine(step, cfg.lr, ramp=steps_per_epoch, start=steps_per_epoch,
+                         span=cfg.epochs * steps_per_epoch - steps_per_epoch)
 
 
 def train_head(cfg: FusionConfig, uses: tuple[str, ...], inputs: Tokens, labels: np.ndarray,
@@ -63,12 +63,8 @@ def train_head(cfg: FusionConfig, uses: tuple[str, ...], inputs: Tokens, labels:
     shapes = {m: inputs[m].shape[1:] for m in uses}
     model = FusionClassifier(cfg, uses, num_classes, shapes).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, last = 0, Path(out) / "last.pt"
-    if last.is_file():
-        ck = load_checkpoint(last)
-        model.load_state_dict(ck["model"])
-        optim.load_state_dict(ck["optim"])
-        start = int(ck["epoch"]) + 1
+    last = Path(out) / "last.pt"
+    start = resume(last, model, optim)
     x = {m: torch.from_numpy(inputs[m]).to(device) for m in uses}
     y = torch.from_numpy(labels).to(device)
     steps = math.ceil(len(y) / cfg.batch_size)

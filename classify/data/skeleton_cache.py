@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from classify.clips import ClipIndex
-from classify.openpose import read_keypoints
+from classify.data.clips import ClipIndex
+from classify.data.openpose import read_keypoints
 from detect.data.converters.common import DatasetError
 from extract.io import atomic_write_bytes, atomic_write_json
 

@@ -13,31 +13,19 @@ with the same clip spans is skipped, so a killed run resumes; files appear atomi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from classify.clips import Clip, ClipIndex
-from classify.mvit import build_mvit, mvit_input
-from classify.skeleton import sample_frames
-from classify.token_cache import cache_clip_tokens, load_clip_tokens
+from classify.config import RGBConfig
+from classify.data.clips import Clip, ClipIndex
+from classify.data.skeleton import sample_frames
+from classify.model.mvit import build_mvit, mvit_input
+from classify.tokens.cache import cache_clip_tokens, load_clip_tokens
 from extract.cache import FeatureSet
 from extract.decode import resize_crop
-
-
-@dataclass
-class RGBConfig:
-    enabled: bool = False  # then the RGB heads and the token fusion run after the skeleton
-    cache: str = "cache/rgb"
-    weights: str = "kinetics"  # "kinetics" (hub cache), a checkpoint path, or "random"
-    frames: int = 16
-    size: int = 224
-    short_side: int = 0  # resize before the centre crop; 0 = size * 256 / 224 (Kinetics preset)
-    batch_size: int = 8
-    seed: int = 0  # of random weights
 
 
 def clip_frame_indices(clip: Clip, frames: int) -> np.ndarray:

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from classify.clips import Clip, ClipIndex
+from classify.data.clips import Clip, ClipIndex
 from extract.cache import FeatureSet
 from extract.decode import DecodeError, open_video
 from extract.io import temp_file_beside

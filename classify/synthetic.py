@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from classify.openpose import NUM_KEYPOINTS, write_openpose_dir
+from classify.data.openpose import NUM_KEYPOINTS, write_openpose_dir
 from detect.data.converters.imigue import DEFAULT_TRAIN_SUBJECTS, FPS, ORIGINAL_COLUMNS
 from detect.synthetic.videos import GESTURES, PlannedGesture, check_size, render_video
 from extract.io import atomic_write_bytes, atomic_write_json
