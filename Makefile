@@ -118,10 +118,12 @@ convert: $(STAMP) ## dataset labels to annotations.json: make convert DATASET=sm
 	$(PY) -m detect convert $(DATASET) $(ROOT) --out $(ANNOTATIONS)
 
 train: $(STAMP) $(if $(and $(DATASET),$(ROOT)),convert) ## train: make train CONFIG=configs/smg.toml FEATURES=cache/<key> ANNOTATIONS=... RUN=runs/smg
+	@test -n "$(ANNOTATIONS)" -a -n "$(RUN)" || { echo "make train needs ANNOTATIONS=annotations.json (or DATASET=smg|imigue ROOT=path) and RUN=runs/NAME"; exit 2; }
 	$(PY) -m detect train --config $(CONFIG) --features $(FEATURES) --annotations $(ANNOTATIONS) \
 		--out $(RUN) $(TRAIN_ARGS)
 
 eval: $(STAMP) ## evaluate a run: make eval RUN=runs/smg SUBSET=test
+	@test -n "$(RUN)" || { echo "make eval needs RUN=runs/NAME"; exit 2; }
 	$(PY) -m detect eval $(RUN) --subset $(SUBSET)
 
 ablate: $(STAMP) ## every config of a folder on one cache: make ablate CONFIGS=configs/ablations FEATURES=cache/<key> ANNOTATIONS=...

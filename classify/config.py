@@ -6,8 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from extract.config import ConfigError, load_dataclass
+from extract.config import (
+    ConfigError,
+    Ranges,
+    at_least_1,
+    check_ranges,
+    fraction,
+    load_dataclass,
+    nonnegative,
+)
 
 
 @dataclass
@@ -72,7 +81,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     seed: int = 0
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
 
@@ -95,7 +104,23 @@ class ClassifyConfig:
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
 
 
+RANGES: Ranges = {
+    "train.weight_decay": (nonnegative, ">= 0"),
+    "train.label_smoothing": (fraction, "in [0, 1)"),
+    "train.threads": (nonnegative, ">= 0 (0: torch's default)"),
+    "skeleton.agcn.dropout": (fraction, "in [0, 1)"),
+    "rgb.short_side": (nonnegative, ">= 0"),
+    **{f"{part}.{key}": rule for part in ("fusion", "emotion.fusion") for key, rule in {
+        "dropout": (fraction, "in [0, 1)"),
+        "batch_size": (at_least_1, ">= 1"),
+        "weight_decay": (nonnegative, ">= 0"),
+        "label_smoothing": (fraction, "in [0, 1)"),
+    }.items()},
+}
+
+
 def check(cfg: ClassifyConfig) -> None:
+    check_ranges(cfg, RANGES)
     if cfg.data.frames < 1:
         raise ConfigError("data.frames must be >= 1")
     if not 0 <= cfg.data.val_fraction < 1:

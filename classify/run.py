@@ -39,11 +39,11 @@ def run_classify(cfg: ClassifyConfig, data_root: Path, cache: Path, out: Path,
 
     Class ids in predictions.csv are iMiGUE's 1-32 (32 = file class 99)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     index = index or index_imigue(Path(data_root), cfg.data.split or None)
+    out.mkdir(parents=True, exist_ok=True)  # once the data is known to be there
     skel: Skeletons = load_skeletons(index, Path(cache), progress)
     check_clip_frames(index, skel)
     for vid, msg in sorted(skel.failed.items()):

@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from extract.config import ConfigError, build_dataclass, load_dataclass
+from extract.config import (
+    ConfigError,
+    Ranges,
+    at_least_1,
+    build_dataclass,
+    check_ranges,
+    fraction,
+    load_dataclass,
+    nonnegative,
+    positive,
+)
 
 Mode = Literal["features", "e2e"]
 Mixing = Literal["lean", "full"]
@@ -20,6 +30,7 @@ QueryMixer = Literal["mamba_mhsa", "mhsa"]
 ScanOrder = Literal["index", "centre"]
 MambaBackend = Literal["auto", "torch", "cuda"]
 Device = Literal["auto", "cpu", "cuda"]
+SelectMetric = Literal["f1_miga", "f1_strict", "map"]
 
 @dataclass
 class DataConfig:
@@ -114,7 +125,7 @@ class TrainConfig:
     device: Device = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_workers: int = 0
-    select_metric: str = "f1_miga"  # best checkpoint on val by this metric
+    select_metric: SelectMetric = "f1_miga"  # best checkpoint on val by this metric
     grad_accum: int = 1  # batches whose gradients add up before one optimiser step
     # > 0: evaluate, select and save an exponential moving average of the weights with this
     # decay per optimiser step (detect/train/ema.py); 0 uses the raw weights.
@@ -186,8 +197,61 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
 
 
+# key -> (test, what it must be); the values types cannot express, checked when a config loads.
+RANGES: Ranges = {
+    "data.fps": (positive, "> 0"),
+    "data.stride": (at_least_1, ">= 1"),
+    "data.window": (lambda v: v >= 2, ">= 2"),
+    "data.train_overlap": (fraction, "in [0, 1)"),
+    "model.hidden_dim": (at_least_1, ">= 1"),
+    "model.num_queries": (at_least_1, ">= 1"),
+    "model.num_points": (lambda v: v >= 2, ">= 2 (a start and an end)"),
+    "model.num_layers": (at_least_1, ">= 1"),
+    "model.num_subpoints": (at_least_1, ">= 1"),
+    "model.num_heads": (at_least_1, ">= 1"),
+    "model.ffn_dim": (at_least_1, ">= 1"),
+    "model.mix_dim": (at_least_1, ">= 1"),
+    "model.dropout": (fraction, "in [0, 1)"),
+    "model.mamba.layers": (nonnegative, ">= 0"),
+    "model.mamba.d_state": (at_least_1, ">= 1"),
+    "model.mamba.d_conv": (at_least_1, ">= 1"),
+    "model.mamba.expand": (at_least_1, ">= 1"),
+    "loss.cost_class": (nonnegative, ">= 0"),
+    "loss.cost_l1": (nonnegative, ">= 0"),
+    "loss.cost_iou": (nonnegative, ">= 0"),
+    "loss.class_weight": (nonnegative, ">= 0"),
+    "loss.background_weight": (nonnegative, ">= 0"),
+    "loss.focal_alpha": (lambda v: v <= 1, "<= 1 (< 0 disables it)"),
+    "loss.focal_gamma": (nonnegative, ">= 0"),
+    "loss.l1_weight": (nonnegative, ">= 0"),
+    "loss.iou_weight": (nonnegative, ">= 0"),
+    "loss.dense_weight": (nonnegative, ">= 0"),
+    "train.epochs": (at_least_1, ">= 1"),
+    "train.batch_size": (at_least_1, ">= 1"),
+    "train.lr": (positive, "> 0"),
+    "train.weight_decay": (nonnegative, ">= 0"),
+    "train.lr_step": (at_least_1, ">= 1"),
+    "train.lr_gamma": (positive, "> 0"),
+    "train.clip_grad": (nonnegative, ">= 0 (0: no clipping)"),
+    "train.num_workers": (nonnegative, ">= 0"),
+    "eval.nms_iou": (lambda v: 0 < v <= 1, "in (0, 1] (1: no NMS)"),
+    "eval.max_per_video": (at_least_1, ">= 1"),
+    "eval.match_iou": (fraction, "in [0, 1)"),
+    "eval.iou_thresholds": (lambda v: bool(v) and all(0 < x < 1 for x in v),
+                            "a non-empty list of values in (0, 1)"),
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    check_ranges(cfg, RANGES)
+    if cfg.model.hidden_dim % cfg.model.num_heads:
+        raise ConfigError(f"model.hidden_dim ({cfg.model.hidden_dim}) must be divisible by "
+                          f"model.num_heads ({cfg.model.num_heads})")
+
+
 def check_config(cfg: Config) -> None:
     """Value checks that types cannot express; raises ConfigError naming the key."""
+    _check_ranges(cfg)
     _check_model(cfg.model)
     _check_run(cfg)
     _check_backbone(cfg.backbone)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from detect.config import Config, load_config
 from extract.cache import FeatureSet
 from extract.config import config_to_dict, to_toml
-from extract.io import RunError, atomic_write_bytes, atomic_write_json
+from extract.io import RunError, atomic_write_bytes, atomic_write_json, read_json
 from extract.provenance import versions
 
 CONFIG_FILE = "config.toml"
@@ -53,7 +52,10 @@ def read_run(run: Path) -> tuple[Config, dict[str, Any]]:
     run = Path(run)
     if not (run / CONFIG_FILE).is_file() or not (run / RUN_FILE).is_file():
         raise RunError(f"{run}: not a run directory ({CONFIG_FILE} or {RUN_FILE} is missing)")
-    return load_config(run / CONFIG_FILE), json.loads((run / RUN_FILE).read_text())
+    info = read_json(run / RUN_FILE, "run record")
+    if not isinstance(info, dict) or not isinstance(info.get("feature_set"), dict):
+        raise RunError(f"{run / RUN_FILE}: not an mgdet run record (no feature_set object)")
+    return load_config(run / CONFIG_FILE), info
 
 
 def check_feature_set(run: Path, info: dict[str, Any], fs: FeatureSet) -> None:
@@ -71,9 +73,15 @@ def run_feature_set(run: Path, info: dict[str, Any]) -> FeatureSet:
     return fs
 
 
-def score_threshold(cfg: Config, checkpoint: dict[str, Any]) -> float:
+def score_threshold(cfg: Config, checkpoint: dict[str, Any], run: Path | str = "run") -> float:
     """The score threshold a run applies: eval.score_threshold when set (>= 0), else the one
-    tuned on `val` and stored in best.pt (never tuned on `test`)."""
+    tuned on `val` and stored in best.pt (never tuned on `test`) once training has finished;
+    RunError for a run stopped before that."""
     if cfg.eval.score_threshold >= 0:
         return cfg.eval.score_threshold
+    if "threshold" not in checkpoint:
+        raise RunError(
+            f"{run}: {BEST} has no tuned score threshold yet: training stopped before its last "
+            "epoch. Finish it (`python -m detect train ... --resume`) or set "
+            "eval.score_threshold")
     return checkpoint["threshold"]

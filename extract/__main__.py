@@ -79,16 +79,18 @@ def features(
 
 @app.command()
 def info(path: Path = typer.Argument(..., help="A feature set folder ROOT/<key>.")) -> None:
-    """Summarise a feature set and verify every file; exit 1 if any is broken."""
+    """Summarise a feature set and verify every file; exit 1 if any is broken, 2 if PATH is not
+    a feature set."""
     from extract.cache import CacheError
     from extract.pipeline import inspect_featureset
 
     try:
         report = inspect_featureset(path)
-    except CacheError as e:
+        lines = report.lines()
+    except CacheError as e:  # not a feature set, or a malformed one: bad input
         typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
-    typer.echo("\n".join(report.lines()))
+        raise typer.Exit(2) from e
+    typer.echo("\n".join(lines))
     if report.broken:
         raise typer.Exit(1)
 

@@ -36,7 +36,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from extract.io import atomic_write_json, temp_file_beside
+from extract.io import atomic_write_json, read_json, temp_file_beside
 
 FEATURESET_FILE = "featureset.json"
 FAILURES_FILE = "failures.json"
@@ -143,7 +143,7 @@ class VideoWriter:
             h, w = frames.shape[1:3]
             ds = self._f.create_dataset(
                 FRAMES, shape=(0, h, w, 3), maxshape=(None, h, w, 3), dtype=np.uint8,
-                chunks=(FRAME_CHUNK, h, w, 3), compression=FRAME_COMPRESSION,
+                chunks=(FRAME_CHUNK, h, w, 3), compression=FRAME_COMPRESSION, fletcher32=True,
             )
             ds.attrs["short_side"] = int(self.frames_short_side)
         ds = self._f[FRAMES]
@@ -173,12 +173,15 @@ class VideoWriter:
             raise CacheError(f"{self.path}: {self.num_frames} frames stored but the video has "
                              f"{meta.num_frames}")
         f = self._f
-        f.create_dataset("features", data=features.astype(dtype))
+        # fletcher32: a checksum per chunk, verified by HDF5 on every read, so bytes changed on
+        # disk fail loudly (read_video, `extract info`) instead of feeding wrong features.
+        f.create_dataset("features", data=features.astype(dtype), fletcher32=True)
         if res4 is not None:
-            f.create_dataset("features_res4", data=res4.astype(dtype))
-        f.create_dataset("timestamps", data=timestamps)
+            f.create_dataset("features_res4", data=res4.astype(dtype), fletcher32=True)
+        f.create_dataset("timestamps", data=timestamps, fletcher32=True)
         if source_pts is not None:
-            f.create_dataset("source_pts", data=np.asarray(source_pts, np.float64))
+            f.create_dataset("source_pts", data=np.asarray(source_pts, np.float64),
+                             fletcher32=True)
         attrs = asdict(meta)
         extra = attrs.pop("extra")
         attrs["layers"] = json.dumps(list(meta.layers))
@@ -302,6 +305,14 @@ def _meta_from_attrs(path: Path, attrs: Any) -> FeatureMeta:
     return FeatureMeta(**values)
 
 
+def _read_dataset(path: Path, f: h5py.File, name: str) -> np.ndarray:
+    try:
+        return f[name][()]
+    except OSError as e:  # HDF5 says so when a chunk fails its fletcher32 checksum
+        raise CacheError(f"{path}: dataset {name!r} is corrupt (checksum or read error: {e})"
+                         ) from e
+
+
 def read_video(path: Path, with_res4: bool = False) -> VideoFeatures:
     """Read one per-video file and check it is consistent. Features come back as float32."""
     path = Path(path)
@@ -314,13 +325,13 @@ def read_video(path: Path, with_res4: bool = False) -> VideoFeatures:
         for name in ("features", "timestamps"):
             if name not in f:
                 raise CacheError(f"{path}: dataset {name!r} is missing")
-        feats = f["features"][()].astype(np.float32)
-        ts = f["timestamps"][()].astype(np.float64)
+        feats = _read_dataset(path, f, "features").astype(np.float32)
+        ts = _read_dataset(path, f, "timestamps").astype(np.float64)
         res4 = None
         if with_res4:
             if "features_res4" not in f:
                 raise CacheError(f"{path}: dataset 'features_res4' is missing (extract with res4)")
-            res4 = f["features_res4"][()].astype(np.float32)
+            res4 = _read_dataset(path, f, "features_res4").astype(np.float32)
     if feats.ndim != 2 or ts.shape != (feats.shape[0],):
         raise CacheError(f"{path}: features {feats.shape} and timestamps {ts.shape} disagree")
     if not np.all(np.isfinite(feats)):
@@ -412,5 +423,11 @@ class FeatureSet:
         return read_video(p, with_res4=with_res4)
 
     def failures(self) -> dict[str, str]:
+        """video id -> why it could not be extracted (failures.json; {} without one)."""
         p = self.path / FAILURES_FILE
-        return json.loads(p.read_text()) if p.is_file() else {}
+        if not p.exists():
+            return {}
+        data = read_json(p, "failures file", CacheError)
+        if not isinstance(data, dict):
+            raise CacheError(f"{p}: expected an object of video id -> reason")
+        return data

@@ -124,6 +124,36 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def positive(v: float) -> bool:
+    return v > 0
+
+
+def at_least_1(v: int) -> bool:
+    return v >= 1
+
+
+def nonnegative(v: float) -> bool:
+    return v >= 0
+
+
+def fraction(v: float) -> bool:  # [0, 1)
+    return 0 <= v < 1
+
+
+Ranges = dict[str, tuple[Callable[[Any], bool], str]]
+
+
+def check_ranges(cfg: Any, ranges: Ranges) -> None:
+    """ConfigError naming the first dotted key of `ranges` whose value fails its test:
+    "{key}: must be {rule}, got {value}"."""
+    for key, (ok, rule) in ranges.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not ok(value):
+            raise ConfigError(f"{key}: must be {rule}, got {value!r}")
+
+
 def build_dataclass(cls: type[T], data: dict[str, Any]) -> T:
     """`cls` from a nested dict, with the checks of `load_dataclass` (no `check`)."""
     return _build(cls, data, "")

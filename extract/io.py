@@ -11,13 +11,13 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 METRICS_CSV = "metrics.csv"
 
@@ -76,11 +76,49 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_json(path: Path, what: str = "file", error: type[Exception] = RunError) -> Any:
+    """The JSON in `path`; `error` naming the file when it is missing, a folder, not text or
+    not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise error(f"{path}: {what} not found") from e
+    except IsADirectoryError as e:
+        raise error(f"{path}: is a folder, not the {what}") from e
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a text file (byte {e.start} is not UTF-8)") from e
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from e
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror})") from e
+
+
 @contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (created if needed) across processes, held for the block."""
-    with FileLock(str(path)):
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive lock on `path` (created if needed) across processes, held for the block;
+    `on_wait` is called once when another process holds it and this one has to wait."""
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        lock.acquire()
+    try:
         yield
+    finally:
+        lock.release()
+
+
+def try_lock(path: Path) -> FileLock | None:
+    """The lock on `path` when no other process holds it (release it), else None."""
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

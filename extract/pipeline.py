@@ -48,7 +48,7 @@ from extract.i3d import (
     build_backbone,
     default_chunk_frames,
 )
-from extract.io import atomic_write_json, file_lock
+from extract.io import atomic_write_json, file_lock, try_lock
 from extract.provenance import mgdet_version, versions
 from extract.runtime import dist_rank, resolve_device
 from extract.weights import Weights
@@ -201,6 +201,42 @@ def remove_stale_temps(fs: FeatureSet, video_ids: Sequence[str]) -> int:
     return removed
 
 
+def video_lock_path(fs: FeatureSet, video_id: str) -> Path:
+    """The lock a process holds while it writes `video_id`'s features into `fs`."""
+    return fs.path / f".{video_id}.lock"
+
+
+def _remove_stale_temps_if_free(fs: FeatureSet, video_id: str) -> None:
+    """A killed run's temp files of `video_id`, unless a live run holds the video."""
+    lock = try_lock(video_lock_path(fs, video_id))
+    if lock is not None:
+        try:
+            remove_stale_temps(fs, [video_id])
+        finally:
+            lock.release()
+
+
+def _extract_locked(extractor: Extractor, fs: FeatureSet, vid: str, path: Path,
+                    stream: FrameStream, bar_frames: tqdm, summary: RunSummary) -> None:
+    """Extract one video while holding its lock: a temp file left now is a killed run's, and a
+    video another run finished while this one waited is skipped."""
+    remove_stale_temps(fs, [vid])
+    if is_done(fs, vid, path, extractor.frames):
+        stream.close()
+        summary.skipped.append(vid)
+        return
+    try:
+        meta = extractor.extract(fs, vid, path, stream, bar_frames)
+        summary.done.append(vid)
+        summary.video_seconds += meta.duration
+    except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        reason = str(e) if str(path) in str(e) else f"{path}: {e}"
+        summary.failed[vid] = reason
+        if path.is_file() and fs.has(vid):
+            fs.video_path(vid).unlink()  # features of an older version of this source
+        tqdm.write(f"FAILED {reason}", file=sys.stderr)
+
+
 def update_failures(fs: FeatureSet, resolved: Sequence[str], failed: dict[str, str]) -> None:
     """Drop `resolved` ids from failures.json and add `failed`, under an exclusive lock."""
     with file_lock(fs.path / ".lock"):
@@ -315,12 +351,11 @@ def run_extraction(
     if extractor.frames is not None and rank == 0:
         fs.record_frames(extractor.frames)
     summary = RunSummary(featureset=fs.path)
-    remove_stale_temps(fs, list(mine))
-
     todo = []
     for vid, path in mine.items():
         if is_done(fs, vid, path, extractor.frames):
             summary.skipped.append(vid)
+            _remove_stale_temps_if_free(fs, vid)
         else:
             todo.append((vid, path))
 
@@ -334,17 +369,9 @@ def run_extraction(
             for j in range(i, min(len(todo), i + cfg.workers)):
                 if j not in streams:
                     streams[j] = extractor.stream(todo[j][1]).start()
-            stream = streams.pop(i)
-            try:
-                meta = extractor.extract(fs, vid, path, stream, bar_frames)
-                summary.done.append(vid)
-                summary.video_seconds += meta.duration
-            except (DecodeError, ValueError, RuntimeError, OSError) as e:
-                reason = str(e) if str(path) in str(e) else f"{path}: {e}"
-                summary.failed[vid] = reason
-                if path.is_file() and fs.has(vid):
-                    fs.video_path(vid).unlink()  # features of an older version of this source
-                tqdm.write(f"FAILED {reason}", file=sys.stderr)
+            with file_lock(video_lock_path(fs, vid), on_wait=lambda vid=vid: tqdm.write(
+                    f"waiting: another run is extracting {vid} into {fs.path}", file=sys.stderr)):
+                _extract_locked(extractor, fs, vid, path, streams.pop(i), bar_frames, summary)
             bar_videos.update(1)
     finally:
         for s in streams.values():

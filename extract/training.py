@@ -8,7 +8,9 @@ travels with the module instead of a list of names kept somewhere else.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +55,26 @@ def warmup_cosine(t: float, peak: float, ramp: float, start: float, span: float)
     return 0.5 * peak * (1 + math.cos(math.pi * (t - start) / max(span, 1)))
 
 
-def resume(last: Path, model: nn.Module, optim: Any) -> int:
-    """Load model and optimiser from `last` (written as {"model", "optim", "epoch"}) when it
-    exists; the first epoch still to train (0 without it)."""
+def data_digest(*parts: bytes | str) -> str:
+    """A short digest of what a model trains on (clip ids, token arrays, labels)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def resume(last: Path, model: nn.Module, optim: Any, data: str | None = None) -> int:
+    """Load model and optimiser from `last` (written as {"model", "optim", "epoch", "data"})
+    when it exists; the first epoch still to train (0 without it). A last.pt trained on other
+    data than `data` (a `data_digest`) is not resumed: training starts afresh, said on stderr."""
     if not Path(last).is_file():
         return 0
     ck = load_checkpoint(last)
+    if data is not None and ck.get("data", data) != data:
+        print(f"{last}: trained on other data than now (the clips or their inputs changed); "
+              "training it afresh", file=sys.stderr)
+        return 0
     model.load_state_dict(ck["model"])
     optim.load_state_dict(ck["optim"])
     return int(ck["epoch"]) + 1

@@ -372,7 +372,7 @@ def test_cli_commands(smg_root, tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("one\ntwo\n")
     res = runner.invoke(app, ["smg", str(smg_root), "--out", str(out), "--classes", str(names)])
-    assert res.exit_code == 1 and "unknown class" in res.output
+    assert res.exit_code == 2 and "unknown class" in res.output
     src = _anet(tmp_path / "a.json", {"v": {"subset": "testing", "duration": 3.0}})
     res = runner.invoke(app, ["activitynet", str(src), "--out", str(out)])
     assert res.exit_code == 0 and json.loads(out.read_text())["database"]["v"]["subset"] == "test"

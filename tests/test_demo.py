@@ -25,3 +25,20 @@ def test_demo_runs_end_to_end_and_reuses_videos_and_cache(tmp_path, capsys):
     run_demo(s, progress=False)
     assert "skipped 4 (already extracted)" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_demo_never_deletes_a_folder_that_is_not_a_run(tmp_path):
+    """`demo --run DIR` replaces an earlier run, never a user's folder (it used rmtree on any)."""
+    from extract.io import RunError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious\n")
+    s = DemoSettings(data=tmp_path / "data", cache=tmp_path / "cache", run=mine)
+    with pytest.raises(RunError, match="mine: a folder that is not an mgdet run"):
+        run_demo(s, progress=False)
+    assert (mine / "thesis.tex").read_text() == "precious\n"
+    assert not (tmp_path / "data").exists()  # refused before any work
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunError, match="file: not a folder"):
+        run_demo(DemoSettings(data=tmp_path / "data", run=tmp_path / "file"), progress=False)

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from extract.__main__ import app
-from extract.cache import FeatureMeta, FeatureSet, feature_timestamps, read_video
+from extract.cache import CacheError, FeatureMeta, FeatureSet, feature_timestamps, read_video
 from extract.config import ExtractConfig
 from extract.decode import DecodeSettings, decode_all
 from extract.i3d import ChunkedExtractor, RunOptions, build_backbone
@@ -273,3 +273,85 @@ def test_two_ranks_give_the_same_feature_set_as_one_process(tmp_path, videos):
     for name in names:
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     assert len(list((two / "runs").glob("*rank*of2.json"))) == 2
+
+
+PAUSED_RUN = """
+import os, sys, time
+from pathlib import Path
+import extract.cache as cache
+
+marker, go = Path(os.environ["PAUSE_MARKER"]), Path(os.environ["PAUSE_GO"])
+finish = cache.VideoWriter.finish
+
+def paused_finish(self, *args, **kwargs):
+    # The temp file of this video exists now: say so, and wait to be let go.
+    marker.write_text(str(self.tmp))
+    while not go.exists():
+        time.sleep(0.01)
+    return finish(self, *args, **kwargs)
+
+cache.VideoWriter.finish = paused_finish
+from extract.__main__ import app
+sys.argv = ["extract", *sys.argv[1:]]
+app()
+"""
+
+
+def _wait_for(cond, what: str, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_two_extractions_into_one_cache_lose_nothing(tmp_path):
+    """Run A pauses while its temp file exists; run B of the same command waits for that video
+    instead of deleting A's temp file; both exit 0 and every file is whole."""
+    d = tmp_path / "v"
+    d.mkdir()
+    write_noise_video(d / "short1.mp4", 2.0, fps=10, seed=4)
+    marker, go = tmp_path / "paused", tmp_path / "go"
+    env = dict(sub_env(), PAUSE_MARKER=str(marker), PAUSE_GO=str(go))
+    args = ["features", str(d), "--out", str(tmp_path / "out"), *TINY_ARGS]
+    a = subprocess.Popen([sys.executable, "-c", PAUSED_RUN, *args], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(marker.exists, "run A to hold its temp file")
+    temp = Path(marker.read_text())
+    assert temp.exists()
+    b = subprocess.Popen([sys.executable, "-m", "extract", *args], cwd=REPO, env=sub_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_b: list[str] = []
+    # B says it waits for A's video (read line by line: it is still running).
+    _wait_for(lambda: err_b.append(b.stderr.readline()) or "waiting: another run" in err_b[-1]
+              or b.poll() is not None, "run B to wait for the video A holds")
+    assert b.poll() is None, f"B ended while A was writing: {''.join(err_b)}"
+    assert temp.exists()  # B did not remove the file A is writing
+    go.write_text("")
+    out_a, err_a = a.communicate(timeout=300)
+    out_b, rest_b = b.communicate(timeout=300)
+    assert a.returncode == 0, err_a
+    assert b.returncode == 0, "".join(err_b) + rest_b
+    fs = FeatureSet.open(Path(out_a.strip().splitlines()[-1]))
+    assert fs.video_ids() == ["short1"] and not fs.failures()
+    assert read_video(fs.video_path("short1")).features.shape[0] == 5
+    assert not list(fs.path.glob(".*.h5.tmp"))
+
+
+def test_features_changed_on_disk_fail_their_checksum(tmp_path, videos):
+    """Zeroing half of a file's feature bytes in place used to pass `extract info` and reads."""
+    s = run_extraction([videos], tmp_path, cfg(), progress=False)
+    path = s.featureset / "Sample0001_color.h5"
+    with h5py.File(path, "r") as f:
+        ds = f["features"]
+        assert ds.fletcher32
+        chunk = ds.id.get_chunk_info(0)
+        offset, size = chunk.byte_offset, chunk.size
+    raw = bytearray(path.read_bytes())
+    raw[offset + 8 : offset + size // 2] = bytes(size // 2 - 8)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match=r"Sample0001_color\.h5: dataset 'features' is corrupt"):
+        read_video(path)
+    bad = CliRunner().invoke(app, ["info", str(s.featureset)])
+    assert bad.exit_code == 1 and "broken files: 1" in bad.stdout
+    assert "Sample0001_color.h5: dataset 'features' is corrupt" in bad.stdout

@@ -46,6 +46,32 @@ def test_end_to_end_run_is_refused_before_any_video_is_read(tmp_path):
     assert r.returncode == 2 and "an end-to-end run" in r.stderr, r.stderr
 
 
+def test_a_run_killed_before_its_threshold_is_refused_clearly(tmp_path, monkeypatch):
+    """best.pt gets its tuned threshold after the last epoch; eval, predict and stream on a run
+    stopped before that say so (they raised KeyError: 'threshold')."""
+    import detect.train.loop as loop
+
+    fs, ann = synth_feature_set(tmp_path / "feats", videos=6, classes=2, dim=8,
+                                min_duration_s=20, max_duration_s=30)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C between the last epoch and the threshold
+
+    monkeypatch.setattr(loop, "finalize_threshold", killed)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, TINY[:-1]), fs.path, ann, run, progress=False)
+    assert (run / "checkpoints" / "best.pt").is_file()
+    why = r"run: checkpoints/best.pt has no tuned score threshold yet.*--resume"
+    with pytest.raises(RunError, match=why):
+        evaluate_run(run, "test", progress=False)
+    with pytest.raises(RunError, match=why):
+        predict_videos([tmp_path / "any.mp4"], run, tmp_path / "pred", progress=False)
+    assert not (tmp_path / "pred").exists()
+    r = CliRunner().invoke(app, ["stream", str(tmp_path / "any.mp4"), "--run", str(run)])
+    assert r.exit_code == 2 and "no tuned score threshold" in r.stderr, r.output
+
+
 def _trained_run(tmp_path, weights):
     data = tmp_path / "data"
     render_dataset(data, videos=4, minutes=0.3, classes=3, size=(64, 48), progress=False)
@@ -104,3 +130,15 @@ def test_run_whose_weights_are_missing_is_refused(tmp_path):
     with pytest.raises(RunError, match="refusing"):
         predict_videos([video], run, tmp_path / "pred", progress=False)
     assert not (tmp_path / "pred" / "predictions.json").exists()
+
+
+def test_a_settings_mismatch_names_the_settings_not_the_weights(tmp_path):
+    from detect.apps.predict import _mismatch
+    from extract.cache import FeatureSet
+
+    theirs = {"model": "i3d_r50", "weights_sha256": "ab" * 32, "crop": 224, "fps": 10.0}
+    fs = FeatureSet.create(tmp_path, "set", theirs)
+    msg = _mismatch("kinetics", {**theirs, "crop": 112}, fs)
+    assert "crop: here 112, the run's 224" in msg and "digest" not in msg
+    msg = _mismatch("kinetics", {**theirs, "weights_sha256": "cd" * 32}, fs)
+    assert "digest cdcdcdcdcdcd..." in msg and "made with abababababab..." in msg

@@ -176,4 +176,4 @@ def test_synth_videos_command(tmp_path):
     ann = json.loads((out / "annotations.json").read_text())
     assert ann["classes"] == class_names(3) and ann["database"]["Sample0001"]["duration"] == 1.2
     res = CliRunner().invoke(app, [*args[:-1], "64x47"])
-    assert res.exit_code == 1 and "even" in res.output
+    assert res.exit_code == 2 and "even" in res.output

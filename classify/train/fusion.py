@@ -27,7 +27,7 @@ from classify.data.skeleton import clip_input
 from classify.model.agcn import AGCN
 from classify.model.fusion import FusionClassifier
 from extract.io import append_metrics_row, save_checkpoint
-from extract.training import resume, warmup_cosine
+from extract.training import data_digest, resume, warmup_cosine
 
 Tokens = dict[str, np.ndarray]  # modality -> (N, N_m, C_m)
 
@@ -64,7 +64,9 @@ def train_head(cfg: FusionConfig, uses: tuple[str, ...], inputs: Tokens, labels:
     model = FusionClassifier(cfg, uses, num_classes, shapes).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     last = Path(out) / "last.pt"
-    start = resume(last, model, optim)
+    data_id = data_digest(labels.tobytes(), *(np.ascontiguousarray(inputs[m]).tobytes()
+                                              for m in uses))
+    start = resume(last, model, optim, data_id)
     x = {m: torch.from_numpy(inputs[m]).to(device) for m in uses}
     y = torch.from_numpy(labels).to(device)
     steps = math.ceil(len(y) / cfg.batch_size)
@@ -86,7 +88,7 @@ def train_head(cfg: FusionConfig, uses: tuple[str, ...], inputs: Tokens, labels:
             optim.step()
             total += loss.item() * len(b)
         save_checkpoint(last, {"model": model.state_dict(), "optim": optim.state_dict(),
-                               "epoch": epoch, "uses": list(uses)})
+                               "epoch": epoch, "uses": list(uses), "data": data_id})
         append_metrics_row(Path(out), {"epoch": epoch, "loss": total / len(y),
                                        "seconds": round(time.perf_counter() - t0, 2)})
     return model

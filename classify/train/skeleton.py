@@ -25,7 +25,7 @@ from extract.io import (
     append_metrics_row,
     save_checkpoint,
 )
-from extract.training import parameter_groups, resume, warmup_cosine
+from extract.training import data_digest, parameter_groups, resume, warmup_cosine
 
 
 class SkeletonClips(Dataset):
@@ -78,7 +78,8 @@ def train_stream(cfg: ClassifyConfig, stream: str, clips: list[Clip],
     if not len(data):
         raise RunError(f"no training clips for the {stream} stream")
     last = out / "last.pt"
-    start = resume(last, model, optim)
+    data_id = data_digest(stream, str(cfg.data.frames), *sorted(c.key for c in data.clips))
+    start = resume(last, model, optim, data_id)
     gen = torch.Generator().manual_seed(t.seed)
     steps = math.ceil(len(data) / t.batch_size)
     bar = tqdm(total=t.epochs * steps, initial=start * steps, desc=f"train {stream}",
@@ -105,7 +106,7 @@ def train_stream(cfg: ClassifyConfig, stream: str, clips: list[Clip],
                 seen += len(y)
                 bar.update(1)
             save_checkpoint(last, {"model": model.state_dict(), "optim": optim.state_dict(),
-                                   "epoch": epoch, "stream": stream})
+                                   "epoch": epoch, "stream": stream, "data": data_id})
             append_metrics_row(out, {"epoch": epoch, "loss": total / max(seen, 1),
                                      "train_top1": hits / max(seen, 1),
                                      "lr": lr_at(epoch, cfg),

@@ -16,8 +16,9 @@ app = typer.Typer(help="Convert a dataset's labels to canonical annotations.json
 
 
 def _fail(e: Exception) -> None:
+    """Bad input (a malformed dataset file, a bad option): exit 2, as every CLI here."""
     typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=2)
 
 
 def _read_classes(path: Path | None) -> list[str] | None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from detect.config import load_config
+from detect.runs import CONFIG_FILE, RUN_FILE
+from extract.io import RunError
 
 
 @dataclass
@@ -56,6 +58,18 @@ def choose_weights(asked: str) -> str:
     return "random"
 
 
+def check_replaceable(run: Path) -> None:
+    """The demo trains afresh into `run`: it may replace an earlier run there, never anything
+    else. RunError when `run` is a file, or a folder that is not empty and not a run."""
+    run = Path(run)
+    if run.is_file() or run.is_symlink():
+        raise RunError(f"{run}: not a folder; choose another --run")
+    if run.is_dir() and any(run.iterdir()) and not (
+            (run / CONFIG_FILE).is_file() and (run / RUN_FILE).is_file()):
+        raise RunError(f"{run}: a folder that is not an mgdet run and not empty; the demo "
+                       "would replace it. Choose another --run, or empty it yourself")
+
+
 def run_demo(s: DemoSettings, progress: bool = True) -> dict[str, Any]:
     from detect.evaluation.evaluate import evaluate_run
     from detect.synthetic.videos import render_dataset
@@ -63,6 +77,7 @@ def run_demo(s: DemoSettings, progress: bool = True) -> dict[str, Any]:
     from extract.config import ExtractConfig
     from extract.pipeline import format_summary, run_extraction, video_id_from_path
 
+    check_replaceable(s.run)
     t0 = time.time()
     _banner(f"1/4 render {s.videos} synthetic videos of {s.minutes} min into {s.data}")
     render_dataset(s.data, videos=s.videos, minutes=s.minutes, classes=s.classes, size=s.size,
@@ -79,6 +94,7 @@ def run_demo(s: DemoSettings, progress: bool = True) -> dict[str, Any]:
     _banner(f"3/4 train {s.config} into {s.run}")
     cfg = load_config(s.config, list(s.overrides))
     if s.run.exists():
+        print(f"replacing the earlier run in {s.run}")
         shutil.rmtree(s.run)
     train(cfg, summary.featureset, s.data / "annotations.json", s.run, progress=progress)
     _banner("4/4 evaluate on the test split")

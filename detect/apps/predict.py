@@ -61,18 +61,29 @@ def backbone_for(fs: FeatureSet) -> tuple[ExtractConfig, I3DBackbone]:
     try:
         backbone, info = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
     except WeightsError as e:
+        # predict takes the run's own weights: it has no --weights to pass instead.
+        why = str(e).replace(", or pass --weights PATH", "")
         raise RunError(
             f"the run's features were made with weights {weights!r}, which are not usable here: "
-            f"{e}"
+            f"{why}"
         ) from e
     name, settings = featureset_settings(cfg, info)
     if settings_key(name, settings) != fs.key:
-        raise RunError(
-            f"weights {weights!r} here have digest {info.sha256[:12]}..., but the run's feature "
-            f"set was made with {s['weights_sha256'][:12]}...; refusing to predict with other "
-            "features than the detector was trained on"
-        )
+        raise RunError(_mismatch(weights, settings, fs))
     return cfg, backbone
+
+
+def _mismatch(weights: str, settings: dict[str, Any], fs: FeatureSet) -> str:
+    """Which settings here differ from those that made the run's feature set."""
+    differ = sorted(k for k in {*settings, *fs.settings} if settings.get(k) != fs.settings.get(k))
+    if differ == ["weights_sha256"]:
+        return (f"weights {weights!r} here have digest {settings['weights_sha256'][:12]}..., but "
+                f"the run's feature set was made with {fs.settings['weights_sha256'][:12]}...; "
+                "refusing to predict with other features than the detector was trained on")
+    shown = "; ".join(f"{k}: here {settings.get(k)!r}, the run's {fs.settings.get(k)!r}"
+                      for k in differ)
+    return (f"{fs.path}: the features here would differ from the run's ({shown}); refusing to "
+            "predict with other features than the detector was trained on")
 
 
 def extraction_config_for(fs: FeatureSet) -> ExtractConfig:
@@ -111,6 +122,9 @@ def predict_videos(
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
                                                                 eval_overlap=eval_overlap))
     out = Path(out) if out is not None else run / "predict"
+    device = resolve_device(cfg.train.device)
+    model, ck = load_run_model(run, device)
+    threshold = score_threshold(cfg, ck, run)  # a run that cannot predict is refused first
     train_fs = run_feature_set(run, info)
     ecfg = extraction_config_for(train_fs)
     created = [d for d in (out, out / "features") if not d.exists()]
@@ -126,8 +140,6 @@ def predict_videos(
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         raise RunError("no video could be read; see the messages above")
-    device = resolve_device(cfg.train.device)
-    model, ck = load_run_model(run, device)
     classes = list(ck["classes"])
     ann = Annotations(classes=classes, videos={})
     for vid in done:
@@ -135,7 +147,6 @@ def predict_videos(
         ann.videos[vid] = VideoAnnotations(SUBSET, meta.duration, meta.source_fps,
                                            np.zeros((0, 2)), np.zeros(0, np.int64))
     dataset = WindowDataset(fs, ann, SUBSET, cfg.data, train=False)
-    threshold = score_threshold(cfg, ck)
     with torch.inference_mode():
         preds = apply_threshold(predict(model, dataset, cfg, device, progress=progress),
                                 threshold)

@@ -161,19 +161,19 @@ def _prepare(run: Path, opts: StreamOptions) -> _Setup:
     if cfg.mode != "features":
         raise RunError(f"{run}: an end-to-end run; streaming needs a run trained on cached "
                        "features (its I3D is the feature set's)")
+    device = resolve_device(opts.device)
+    model, ck = load_run_model(run, device)
+    threshold = opts.threshold if opts.threshold is not None else score_threshold(cfg, ck, run)
     train_fs = run_feature_set(run, info)
     ecfg, backbone = backbone_for(train_fs)
     window = opts.window or cfg.data.window
     hop = opts.hop or max(1, window // 4)
-    device = resolve_device(opts.device)
     try:
         settings = WindowSettings(window, hop, ecfg.stride, ecfg.fps)
         extractor = ChunkedExtractor(backbone, ecfg.stride, device,
                                      RunOptions(chunk_frames=opts.chunk_frames))
     except ValueError as e:
         raise RunError(f"{e} (--window, --hop, --chunk-frames)") from e
-    model, ck = load_run_model(run, device)
-    threshold = opts.threshold if opts.threshold is not None else score_threshold(cfg, ck)
     return _Setup(cfg, ecfg, train_fs, extractor, settings, model, ck, float(threshold), device)
 
 
@@ -196,16 +196,17 @@ class _Writer:
                 "start": round(float(dets.start[i]), 4), "end": round(float(dets.end[i]), 4),
                 "score": round(float(dets.score[i]), 5), "emitted_at": round(since, 3),
                 "source_time": round(received, 3)})
-            for f in (self.f, self.stdout):
-                if f is not None:
-                    f.write(line + "\n")
+            self.f.write(line + "\n")
+            # Counted before it is shown: a Ctrl-C right after a printed line keeps the count.
+            self.result.detections += 1
             self.result.latency.append(since - float(dets.end[i]))
             self.result.source_latency.append(received - float(dets.end[i]))
+            if self.stdout is not None:
+                self.stdout.write(line + "\n")
         if len(dets):
-            for f in (self.f, self.stdout):
-                if f is not None:
-                    f.flush()
-        self.result.detections += len(dets)
+            self.f.flush()
+            if self.stdout is not None:
+                self.stdout.flush()
 
 
 def _outcome(frames: _Frames, fps: float) -> tuple[int, str]:

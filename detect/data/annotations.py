@@ -15,7 +15,6 @@ needed to write MiGA submissions in source frames.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from extract.cache import FeatureSet
-from extract.io import atomic_write_json
+from extract.io import atomic_write_json, read_json
 
 SUBSETS = ("train", "val", "test")
 
@@ -205,12 +204,7 @@ def parse_annotations(data: Any, path: Path | str = "<annotations>") -> Annotati
 def load_annotations(path: Path | str, feature_set: FeatureSet | None = None) -> Annotations:
     """Read and check `annotations.json`; with `feature_set`, every video must have features."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise AnnotationError(f"{path}: annotation file not found") from e
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, "annotation file", AnnotationError)
     ann = parse_annotations(data, path)
     if feature_set is not None:
         check_features(ann, feature_set, path)

@@ -74,7 +74,7 @@ def evaluate_run(run: Path, subset: str = "test", progress: bool = True) -> dict
     fs = run_feature_set(run, info)
     ann = load_annotations(Path(info["annotations"]), feature_set=fs)
     model, ck = load_run_model(run, device)
-    threshold = score_threshold(cfg, ck)
+    threshold = score_threshold(cfg, ck, run)
     dataset = window_dataset(cfg, fs, ann, subset, train=False, halo=getattr(model, "halo", 0))
     metrics, preds = evaluate_subset(model, dataset, ann, cfg, device, threshold, progress)
     kept = apply_threshold(preds, threshold)

@@ -8,7 +8,6 @@ Predictions JSON::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from detect.data.annotations import check_label, finite_number, parse_segment, require_keys
-from extract.io import atomic_write_json
+from extract.io import atomic_write_json, read_json
 
 
 class PredictionError(ValueError):
@@ -111,12 +110,7 @@ def save_predictions(path: Path | str, preds: dict[str, Detections], classes: li
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise PredictionError(f"{path}: predictions file not found") from e
-    except json.JSONDecodeError as e:
-        raise PredictionError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, "predictions file", PredictionError)
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise PredictionError(f"{path}: expected an object with a 'results' object")
     return data

@@ -172,6 +172,8 @@ def _devices(cfg: Config) -> tuple[torch.device, Distributed]:
 def _open_run_dir(cfg: Config, fs: FeatureSet, ann: Annotations, annotations: Path, out: Path,
                   resume: bool, ddp: Distributed) -> None:
     """A new run writes its config and run.json; a resumed one must match them."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: a file, not a folder; choose another --out")
     if resume:
         old_cfg, info = read_run(out)
         check_feature_set(out, info, fs)
