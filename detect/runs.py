@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from detect.config import Config, load_config
-from extract.cache import FeatureSet
+from extract.cache import CacheError, FeatureSet
 from extract.config import config_to_dict, to_toml
 from extract.io import RunError, atomic_write_bytes, atomic_write_json, read_json
+from extract.pipeline import weights_source
 from extract.provenance import versions
 
 CONFIG_FILE = "config.toml"
@@ -40,11 +41,21 @@ def write_run_files(
             "path": str(Path(feature_set.path).resolve()),
             "key": feature_set.key,
             "settings": feature_set.settings,
+            # What reproduces the features, so predict and stream need only the run.
+            **_weights_record(feature_set),
         },
         "annotations": str(Path(annotations).resolve()),
         **(extra or {}),
     }
     atomic_write_json(out / RUN_FILE, info)
+
+
+def _weights_record(fs: FeatureSet) -> dict[str, Any]:
+    try:
+        source = weights_source(fs)
+    except (CacheError, OSError, ValueError):  # a set without readable records: nothing to add
+        return {}
+    return {} if source is None else {"weights": {"label": source[0], "seed": source[1]}}
 
 
 def read_run(run: Path) -> tuple[Config, dict[str, Any]]:

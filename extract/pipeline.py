@@ -201,6 +201,20 @@ def remove_stale_temps(fs: FeatureSet, video_ids: Sequence[str]) -> int:
     return removed
 
 
+def weights_source(fs: FeatureSet) -> tuple[str, int] | None:
+    """(weights argument, seed) that reproduce the feature set's weights digest, from its run
+    records (or, for a copied set, its files); None when nothing says."""
+    digest = fs.settings.get("weights_sha256")
+    for rec in sorted((fs.path / "runs").glob("*.json"), reverse=True):
+        data = json.loads(rec.read_text())
+        w = data.get("weights", {})
+        if w.get("sha256") == digest:
+            return w["label"], int(w.get("seed") or data.get("config", {}).get("seed", 0))
+    for vid in fs.video_ids()[:1]:  # no run record: the per-video files name the weights too
+        return read_meta(fs.video_path(vid)).weights, 0
+    return None
+
+
 def video_lock_path(fs: FeatureSet, video_id: str) -> Path:
     """The lock a process holds while it writes `video_id`'s features into `fs`."""
     return fs.path / f".{video_id}.lock"

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,6 +114,13 @@ def test_predict_equals_extract_plus_eval(tmp_path):
     with pytest.raises(ValueError, match="missing.mp4: no such file"):
         predict_videos([tmp_path / "missing.mp4"], run, tmp_path / "p2", progress=False)
     assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+    # The feature set moved away: the run alone (run.json) is enough to predict the same.
+    info = json.loads((run / "run.json").read_text())
+    assert info["feature_set"]["weights"] == {"label": "random", "seed": 0}
+    moved = tmp_path / "moved"
+    Path(info["feature_set"]["path"]).rename(moved)
+    predict_videos(videos, run, tmp_path / "pred2", progress=False, id_fn=video_id_from_path)
+    assert json.loads((tmp_path / "pred2" / "predictions.json").read_text())["results"] == got
 
 
 @pytest.mark.slow
@@ -134,11 +142,9 @@ def test_run_whose_weights_are_missing_is_refused(tmp_path):
 
 def test_a_settings_mismatch_names_the_settings_not_the_weights(tmp_path):
     from detect.apps.predict import _mismatch
-    from extract.cache import FeatureSet
 
     theirs = {"model": "i3d_r50", "weights_sha256": "ab" * 32, "crop": 224, "fps": 10.0}
-    fs = FeatureSet.create(tmp_path, "set", theirs)
-    msg = _mismatch("kinetics", {**theirs, "crop": 112}, fs)
+    msg = _mismatch("kinetics", {**theirs, "crop": 112}, theirs, "set")
     assert "crop: here 112, the run's 224" in msg and "digest" not in msg
-    msg = _mismatch("kinetics", {**theirs, "weights_sha256": "cd" * 32}, fs)
+    msg = _mismatch("kinetics", {**theirs, "weights_sha256": "cd" * 32}, theirs, "set")
     assert "digest cdcdcdcdcdcd..." in msg and "made with abababababab..." in msg

@@ -10,8 +10,8 @@ with matplotlib, `timelines/<video>.png`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,42 +20,58 @@ import numpy as np
 from detect.data.annotations import Annotations, VideoAnnotations
 from detect.inference.detections import Detections
 from detect.inference.postprocess import apply_threshold
-from detect.runs import BEST, read_run, run_feature_set, score_threshold
-from extract.cache import FeatureSet, read_meta, settings_key
+from detect.runs import BEST, RUN_FILE, read_run, run_feature_set, score_threshold
+from extract.cache import FEATURESET_FILE, FeatureSet, read_meta, settings_key
 from extract.config import ExtractConfig
 from extract.i3d import I3DBackbone, build_backbone
 from extract.io import RunError, atomic_write_json
-from extract.pipeline import featureset_settings
+from extract.pipeline import featureset_settings, weights_source
 from extract.provenance import versions
 from extract.weights import WeightsError
 
 SUBSET = "test"  # new, unlabelled videos are scored like the test split
 
 
-def _weights_source(fs: FeatureSet) -> tuple[str, int]:
-    """(weights argument, seed) that reproduce the feature set's weights digest."""
-    s = fs.settings
-    digest = s["weights_sha256"]
-    records = sorted((fs.path / "runs").glob("*.json"), reverse=True)
-    for rec in records:
-        data = json.loads(rec.read_text())
-        w = data.get("weights", {})
-        if w.get("sha256") == digest:
-            seed = int(w.get("seed") or data.get("config", {}).get("seed", 0))
-            return w["label"], seed
-    # No run record (a copied feature set): the per-video files name the weights too.
-    for vid in fs.video_ids()[:1]:
-        meta = read_meta(fs.video_path(vid))
-        return meta.weights, 0
-    raise RunError(f"{fs.path}: cannot tell which weights made this feature set")
+@dataclass
+class RunFeatures:
+    """What made a run's features: the feature set's settings and key, the weights argument and
+    seed that reproduce them, and where they were (for messages)."""
+
+    settings: dict[str, Any]
+    key: str
+    weights: str
+    seed: int
+    where: str
 
 
-def backbone_for(fs: FeatureSet) -> tuple[ExtractConfig, I3DBackbone]:
-    """The `ExtractConfig` that reproduces `fs` and its backbone, built once; raises RunError
-    when its weights are missing here or give another digest."""
-    s = fs.settings
-    weights, seed = _weights_source(fs)
-    cfg = ExtractConfig(weights=weights, seed=seed, stride=int(s["stride"]),
+def run_features(run: Path, info: dict[str, Any]) -> RunFeatures:
+    """From the run's feature set while it is where training found it (its key checked), else
+    from run.json alone: predict and stream need only the run."""
+    recorded = info["feature_set"]
+    path = Path(recorded["path"])
+    if (path / FEATURESET_FILE).is_file():
+        fs = run_feature_set(run, info)
+        source = weights_source(fs)
+        if source is None:
+            raise RunError(f"{fs.path}: cannot tell which weights made this feature set")
+        return RunFeatures(fs.settings, fs.key, *source, str(fs.path))
+    settings = recorded["settings"]
+    weights = recorded.get("weights") or {}
+    if "label" not in weights and settings.get("weights") in ("kinetics", "random"):
+        weights = {"label": settings["weights"], "seed": 0}  # runs older than this record
+    if "label" not in weights:
+        raise RunError(f"{run}: its feature set {path} is gone, and {RUN_FILE} does not record "
+                       f"the weights file that made it ({settings.get('weights')!r}); put the "
+                       "feature set back or train again")
+    return RunFeatures(settings, recorded["key"], weights["label"], int(weights.get("seed", 0)),
+                       f"{run}/{RUN_FILE}")
+
+
+def backbone_for(src: RunFeatures) -> tuple[ExtractConfig, I3DBackbone]:
+    """The `ExtractConfig` that reproduces a run's features and its backbone, built once;
+    raises RunError when the weights are missing here or give other features."""
+    s = src.settings
+    cfg = ExtractConfig(weights=src.weights, seed=src.seed, stride=int(s["stride"]),
                         short_side=int(s["short_side"]), crop=int(s["crop"]),
                         res4="res4" in s["layers"], dtype=s["dtype"], fps=float(s["fps"]))
     try:
@@ -64,31 +80,25 @@ def backbone_for(fs: FeatureSet) -> tuple[ExtractConfig, I3DBackbone]:
         # predict takes the run's own weights: it has no --weights to pass instead.
         why = str(e).replace(", or pass --weights PATH", "")
         raise RunError(
-            f"the run's features were made with weights {weights!r}, which are not usable here: "
-            f"{why}"
+            f"the run's features were made with weights {src.weights!r}, which are not usable "
+            f"here: {why}"
         ) from e
     name, settings = featureset_settings(cfg, info)
-    if settings_key(name, settings) != fs.key:
-        raise RunError(_mismatch(weights, settings, fs))
+    if settings_key(name, settings) != src.key:
+        raise RunError(_mismatch(src.weights, settings, src.settings, src.where))
     return cfg, backbone
 
 
-def _mismatch(weights: str, settings: dict[str, Any], fs: FeatureSet) -> str:
-    """Which settings here differ from those that made the run's feature set."""
-    differ = sorted(k for k in {*settings, *fs.settings} if settings.get(k) != fs.settings.get(k))
+def _mismatch(weights: str, ours: dict[str, Any], theirs: dict[str, Any], where: str) -> str:
+    """Which settings here differ from those that made the run's features."""
+    differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
     if differ == ["weights_sha256"]:
-        return (f"weights {weights!r} here have digest {settings['weights_sha256'][:12]}..., but "
-                f"the run's feature set was made with {fs.settings['weights_sha256'][:12]}...; "
+        return (f"weights {weights!r} here have digest {ours['weights_sha256'][:12]}..., but "
+                f"the run's feature set was made with {theirs['weights_sha256'][:12]}...; "
                 "refusing to predict with other features than the detector was trained on")
-    shown = "; ".join(f"{k}: here {settings.get(k)!r}, the run's {fs.settings.get(k)!r}"
-                      for k in differ)
-    return (f"{fs.path}: the features here would differ from the run's ({shown}); refusing to "
+    shown = "; ".join(f"{k}: here {ours.get(k)!r}, the run's {theirs.get(k)!r}" for k in differ)
+    return (f"{where}: the features here would differ from the run's ({shown}); refusing to "
             "predict with other features than the detector was trained on")
-
-
-def extraction_config_for(fs: FeatureSet) -> ExtractConfig:
-    """The `ExtractConfig` that reproduces `fs` (see `backbone_for`)."""
-    return backbone_for(fs)[0]
 
 
 def predict_videos(
@@ -125,8 +135,7 @@ def predict_videos(
     device = resolve_device(cfg.train.device)
     model, ck = load_run_model(run, device)
     threshold = score_threshold(cfg, ck, run)  # a run that cannot predict is refused first
-    train_fs = run_feature_set(run, info)
-    ecfg = extraction_config_for(train_fs)
+    ecfg, _ = backbone_for(run_features(run, info))
     created = [d for d in (out, out / "features") if not d.exists()]
     summary = run_extraction(videos, out / "features", ecfg, id_fn=id_fn, progress=progress)
     if summary.failed:

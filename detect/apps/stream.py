@@ -42,12 +42,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detect.apps.predict import backbone_for
+from detect.apps.predict import RunFeatures, backbone_for, run_features
 from detect.inference.detections import Detections
 from detect.inference.online import OnlineDetector, WindowSettings
 from detect.inference.predictor import load_run_model
-from detect.runs import read_run, run_feature_set, score_threshold
-from extract.cache import FeatureSet
+from detect.runs import read_run, score_threshold
 from extract.decode import DecodeError, DecodeSettings, FrameStream, is_live
 from extract.i3d import ChunkedExtractor, RunOptions
 from extract.io import RunError, atomic_write_json
@@ -145,7 +144,7 @@ class _Setup:
 
     cfg: Any
     ecfg: Any
-    train_fs: FeatureSet
+    features: RunFeatures
     extractor: Any
     online_settings: WindowSettings
     model: torch.nn.Module
@@ -164,8 +163,8 @@ def _prepare(run: Path, opts: StreamOptions) -> _Setup:
     device = resolve_device(opts.device)
     model, ck = load_run_model(run, device)
     threshold = opts.threshold if opts.threshold is not None else score_threshold(cfg, ck, run)
-    train_fs = run_feature_set(run, info)
-    ecfg, backbone = backbone_for(train_fs)
+    features = run_features(run, info)
+    ecfg, backbone = backbone_for(features)
     window = opts.window or cfg.data.window
     hop = opts.hop or max(1, window // 4)
     try:
@@ -174,7 +173,7 @@ def _prepare(run: Path, opts: StreamOptions) -> _Setup:
                                      RunOptions(chunk_frames=opts.chunk_frames))
     except ValueError as e:
         raise RunError(f"{e} (--window, --hop, --chunk-frames)") from e
-    return _Setup(cfg, ecfg, train_fs, extractor, settings, model, ck, float(threshold), device)
+    return _Setup(cfg, ecfg, features, extractor, settings, model, ck, float(threshold), device)
 
 
 class _Writer:
@@ -224,7 +223,7 @@ def _pump(s: _Setup, frames_src: FrameStream, frames: _Frames, online: OnlineDet
           write: _Writer, bar: tqdm, result: StreamResult) -> None:
     """Frames -> features -> online detections until the source ends, fails or is interrupted;
     sets the result's exit code and message."""
-    cache_dtype = np.dtype(s.train_fs.settings["dtype"])
+    cache_dtype = np.dtype(s.features.settings["dtype"])
     try:
         frames_src.start()
         for r5, r4 in s.extractor.iter_steps(frames, progress=bar.update):
@@ -275,7 +274,7 @@ def stream(source: str, run: Path, out: Path | None = None,
     record_path = out.with_suffix(".json")
     record: dict[str, Any] = {
         "source": source, "live": is_live(source), "run": str(run.resolve()),
-        "checkpoint_epoch": s.ck["best_epoch"], "feature_set": str(s.train_fs.path),
+        "checkpoint_epoch": s.ck["best_epoch"], "feature_set": s.features.where,
         "options": asdict(opts), "window": s.online_settings.window,
         "hop": s.online_settings.hop, "threshold": s.threshold,
         "nms_iou": s.cfg.eval.nms_iou, "device": str(s.device), "detections_file": out.name,
