@@ -220,7 +220,7 @@ def video_lock_path(fs: FeatureSet, video_id: str) -> Path:
     return fs.path / f".{video_id}.lock"
 
 
-def _remove_stale_temps_if_free(fs: FeatureSet, video_id: str) -> None:
+def remove_stale_temps_if_free(fs: FeatureSet, video_id: str) -> None:
     """A killed run's temp files of `video_id`, unless a live run holds the video."""
     lock = try_lock(video_lock_path(fs, video_id))
     if lock is not None:
@@ -369,7 +369,7 @@ def run_extraction(
     for vid, path in mine.items():
         if is_done(fs, vid, path, extractor.frames):
             summary.skipped.append(vid)
-            _remove_stale_temps_if_free(fs, vid)
+            remove_stale_temps_if_free(fs, vid)
         else:
             todo.append((vid, path))
 

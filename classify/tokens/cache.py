@@ -23,8 +23,13 @@ from tqdm import tqdm
 from classify.data.clips import Clip, ClipIndex
 from extract.cache import FeatureSet
 from extract.decode import DecodeError, open_video
-from extract.io import temp_file_beside
-from extract.pipeline import remove_stale_temps, update_failures
+from extract.io import file_lock, temp_file_beside
+from extract.pipeline import (
+    remove_stale_temps,
+    remove_stale_temps_if_free,
+    update_failures,
+    video_lock_path,
+)
 
 # (video id, its clips, each clip's frame numbers, {frame number: (H, W, 3) uint8}, progress bar)
 # -> (N, ...) tokens
@@ -94,25 +99,40 @@ def cache_clip_tokens(index: ClipIndex, fs: FeatureSet, sample: Callable[[Clip],
     for c in index.clips:
         by_video.setdefault(c.video, []).append(c)
     videos = sorted(v for v in by_video if v in index.videos)
-    remove_stale_temps(fs, videos)
     todo = [v for v in videos if not _done(fs.video_path(v), by_video[v])]
+    for vid in set(videos) - set(todo):
+        remove_stale_temps_if_free(fs, vid)
     failed: dict[str, str] = {}
     bar = tqdm(total=sum(len(by_video[v]) for v in todo), desc=desc, unit="clip",
                disable=not progress)
     with bar:
         for vid in todo:
-            clips = by_video[vid]
-            idx = [sample(c) for c in clips]
-            try:
-                frames = read_frames_at(index.videos[vid], {int(i) for ii in idx for i in ii})
-                tokens = embed(vid, clips, idx, frames, bar)
-            except (DecodeError, ValueError) as e:
-                failed[vid] = str(e)
-                bar.update(len(clips))
-                continue
-            _write(fs.video_path(vid), tokens, clips, vid)
+            # As stage one: the video's lock while its file is written, so two runs on one
+            # cache never remove each other's temp files; a video done meanwhile is skipped.
+            with file_lock(video_lock_path(fs, vid)):
+                remove_stale_temps(fs, [vid])
+                if _done(fs.video_path(vid), by_video[vid]):
+                    bar.update(len(by_video[vid]))
+                    continue
+                why = _cache_video(index, fs, vid, by_video[vid], sample, embed, bar)
+            if why is not None:
+                failed[vid] = why
     update_failures(fs, [v for v in todo if v not in failed], failed)
     return fs
+
+
+def _cache_video(index: ClipIndex, fs: FeatureSet, vid: str, clips: list[Clip],
+                 sample: Callable[[Clip], np.ndarray], embed: Embed, bar: tqdm) -> str | None:
+    """One video's clip tokens into its file; why it failed, or None."""
+    idx = [sample(c) for c in clips]
+    try:
+        frames = read_frames_at(index.videos[vid], {int(i) for ii in idx for i in ii})
+        tokens = embed(vid, clips, idx, frames, bar)
+    except (DecodeError, ValueError) as e:
+        bar.update(len(clips))
+        return str(e)
+    _write(fs.video_path(vid), tokens, clips, vid)
+    return None
 
 
 def load_clip_tokens(fs: FeatureSet, clips: list[Clip]) -> dict[str, np.ndarray]:
