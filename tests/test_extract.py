@@ -316,20 +316,28 @@ def test_two_extractions_into_one_cache_lose_nothing(tmp_path):
     args = ["features", str(d), "--out", str(tmp_path / "out"), *TINY_ARGS]
     a = subprocess.Popen([sys.executable, "-c", PAUSED_RUN, *args], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(marker.exists, "run A to hold its temp file")
-    temp = Path(marker.read_text())
-    assert temp.exists()
-    b = subprocess.Popen([sys.executable, "-m", "extract", *args], cwd=REPO, env=sub_env(),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err_b: list[str] = []
-    # B says it waits for A's video (read line by line: it is still running).
-    _wait_for(lambda: err_b.append(b.stderr.readline()) or "waiting: another run" in err_b[-1]
-              or b.poll() is not None, "run B to wait for the video A holds")
-    assert b.poll() is None, f"B ended while A was writing: {''.join(err_b)}"
-    assert temp.exists()  # B did not remove the file A is writing
-    go.write_text("")
-    out_a, err_a = a.communicate(timeout=300)
-    out_b, rest_b = b.communicate(timeout=300)
+    b = None
+    try:
+        _wait_for(marker.exists, "run A to hold its temp file")
+        temp = Path(marker.read_text())
+        assert temp.exists()
+        b = subprocess.Popen([sys.executable, "-m", "extract", *args], cwd=REPO, env=sub_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err_b: list[str] = []
+        # B says it waits for A's video (read line by line: it is still running).
+        _wait_for(lambda: err_b.append(b.stderr.readline()) or "waiting: another run" in
+                  err_b[-1] or b.poll() is not None, "run B to wait for the video A holds")
+        assert b.poll() is None, f"B ended while A was writing: {''.join(err_b)}"
+        assert temp.exists()  # B did not remove the file A is writing
+        go.write_text("")
+        out_a, err_a = a.communicate(timeout=300)
+        out_b, rest_b = b.communicate(timeout=300)
+    finally:
+        go.write_text("")  # never leave run A waiting, whatever failed
+        for proc in (a, b):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert a.returncode == 0, err_a
     assert b.returncode == 0, "".join(err_b) + rest_b
     fs = FeatureSet.open(Path(out_a.strip().splitlines()[-1]))
