@@ -157,3 +157,38 @@ def test_the_table_covers_every_cli_and_enough_rows():
     assert len(ROWS) >= 30
     assert {m for m, *_ in ROWS} == {"extract", "detect", "classify"}
     assert os.path.isfile(REPO / CFG)
+
+
+@pytest.mark.parametrize(("target", "variables", "needs"), [
+    ("train", ["ANNOTATIONS="], "make train needs ANNOTATIONS="),
+    ("eval", ["RUN="], "make eval needs RUN="),
+])
+def test_make_targets_say_what_they_need(target, variables, needs):
+    """`make train` without ANNOTATIONS said "Missing option '--out'"; `make eval` with an empty
+    RUN ran eval on nothing. (STAMP= skips the virtualenv step.)"""
+    import subprocess
+
+    r = subprocess.run(["make", "-s", target, *variables, "STAMP="], cwd=REPO, text=True,
+                       capture_output=True)
+    assert r.returncode != 0 and needs in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_predict_never_suggests_an_option_it_does_not_have(tmp_path, monkeypatch):
+    """The Kinetics download hint names extract's --weights; predict (which has none) drops it."""
+    import torch
+
+    import extract.i3d as i3d
+    from detect.apps.predict import RunFeatures, backbone_for
+    from extract.io import RunError
+
+    monkeypatch.setattr(i3d, "kinetics_path", lambda: tmp_path / "I3D_8x8_R50.pyth")
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    src = RunFeatures({"stride": 4, "short_side": 32, "crop": 32, "layers": ["res5"],
+                       "dtype": "float16", "fps": 10.0}, "key", "kinetics", 0, "run")
+    with pytest.raises(RunError, match="copy it to") as e:
+        backbone_for(src)
+    assert "--weights" not in str(e.value)
