@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detect.data.converters.common import DatasetError
+from detect.data.converters.common import DatasetError, is_number
 
 BODY_25: tuple[str, ...] = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
@@ -132,14 +132,6 @@ def _table_rows(path: Path) -> list[tuple[int, list[str]]]:
     return out
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _expand(points: np.ndarray) -> np.ndarray:
     """(T, K, 3) with K in (25, 35, 137) -> (T, 137, 3)."""
     t, k, _ = points.shape
@@ -157,7 +149,7 @@ def read_keypoint_table(path: Path) -> np.ndarray:
     """A CSV / XLSX keypoint table (one row per frame) -> (T, 137, 3)."""
     path = Path(path)
     rows = _table_rows(path)
-    if rows and not all(_is_number(c) for c in rows[0][1]):
+    if rows and not all(is_number(c) for c in rows[0][1]):
         rows = rows[1:]  # a header
     if not rows:
         raise DatasetError(f"{path}: no keypoint rows")
@@ -176,7 +168,7 @@ def read_keypoint_table(path: Path) -> np.ndarray:
         try:
             values = [float(c) for c in cells]
         except ValueError:
-            bad = next(c for c in cells if not _is_number(c))
+            bad = next(c for c in cells if not is_number(c))
             raise DatasetError(f"{path}, row {lineno}: {bad!r} is not a number") from None
         if not all(math.isfinite(v) for v in values):
             raise DatasetError(f"{path}, row {lineno}: a value is not finite")

@@ -153,7 +153,8 @@ def summarize(ann: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether a CSV cell parses as a number (header cells do not)."""
     try:
         float(text)
     except ValueError:
@@ -183,7 +184,7 @@ def read_csv_rows(
         if (
             lineno == 1
             and allow_header
-            and all(f and not _is_number(f) and f.replace("_", "").isalpha() for f in fields)
+            and all(f and not is_number(f) and f.replace("_", "").isalpha() for f in fields)
         ):
             continue
         if len(fields) != columns:
