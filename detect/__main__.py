@@ -64,6 +64,7 @@ def predict(
     if dataset == "smg":
         from extract.pipeline import video_id_from_path as id_fn
     preds, classes = predict_videos(videos, run, out, id_fn=id_fn, eval_overlap=eval_overlap)
+    _warn_if_random(run)  # next to the detections it is about
     typer.echo(format_detections(preds, classes))
     typer.echo(f"outputs: {out or Path(run) / 'predict'}")
 
@@ -75,7 +76,8 @@ def stream(
     out: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--out", help="JSON lines file (default RUN/stream/<source>-<time>.jsonl)"),
     window: int = typer.Option(0, "--window", help="feature steps per window (0: the run's)"),
-    hop: int = typer.Option(0, "--hop", help="steps between windows (0: window // 4)"),
+    hop: int = typer.Option(0, "--hop", help="steps between windows (0: offline evaluation's, "
+                            "window x (1 - the run's eval_overlap); smaller emits sooner)"),
     realtime: bool = typer.Option(False, "--realtime", help="play a file at its own speed"),
     chunk_frames: int = typer.Option(32, "--chunk-frames", help="stage one's frames per chunk"),
     threshold: Optional[float] = typer.Option(  # noqa: UP045
@@ -85,6 +87,12 @@ def stream(
 ) -> None:
     """Detect micro-gestures while a video plays: one JSON line per final detection.
 
+    Each line: class, label, start, end, score, emitted_at, source_time. Times in seconds:
+    start/end in video time from the first frame; emitted_at = wall clock since the first frame
+    arrived (emitted_at - end: the delay a viewer of a live source sees); source_time = video
+    time received by then. The record beside it (.json) gives real_time_factor = wall seconds /
+    video seconds (below 1 keeps up with a live source).
+
     Exit codes: 0 the source ended; 2 usage error or unusable run; 3 the source could not be
     read; 4 the source failed mid-stream (detections up to there written); 130 Ctrl-C."""
     from detect.apps.stream import EXIT_USAGE, StreamOptions
@@ -93,24 +101,45 @@ def stream(
 
     opts = StreamOptions(window=window or None, hop=hop or None, realtime=realtime,
                          chunk_frames=chunk_frames, threshold=threshold, device=device)
+    _warn_if_random(run)
     try:
         result = run_stream(source, run, out, opts, progress=not quiet)
     except RunError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from e
-    typer.echo(f"{result.message}; {result.detections} detections in {result.out}", err=True)
+    typer.echo(f"{result.message}; {result.detections} detections in {result.out} "
+               f"({result.windows})", err=True)
     raise typer.Exit(result.exit_code)
 
 
 @app.command()
 def report(
     run: Path = typer.Argument(..., help="run directory (evaluated with `eval` first)"),
-    subset: str = typer.Option("test", "--subset"),
+    subset: str = typer.Option("test", "--subset", help="the subset `eval` was run on"),
+    linked_images: bool = typer.Option(
+        False, "--linked-images", help="link the PNG files instead of embedding them (a smaller "
+        "page for hundreds of videos, which then needs its folder)"),
 ) -> None:
-    """Write a self-contained HTML report of an evaluated run: RUN/report/index.html."""
+    """Write a self-contained HTML report of an evaluated run: RUN/report/index.html, one file
+    with its figures embedded (also written as PNGs beside it)."""
     from detect.apps.report import write_report
 
-    typer.echo(f"report: {write_report(run, subset)}")
+    _warn_if_random(run)
+    typer.echo(f"report: {write_report(run, subset, linked=linked_images)}")
+
+
+def _warn_if_random(run: Path) -> None:
+    """The loud line of `runs.random_weights_warning`, on stderr, for a run made from random
+    weights (nothing for a path that is not a run: the command itself says what is wrong)."""
+    from detect.runs import random_weights_warning, read_run
+    from extract.io import RunError
+
+    try:
+        warning = random_weights_warning(read_run(run)[1])
+    except (RunError, ValueError, OSError):
+        return
+    if warning:
+        typer.echo(warning, err=True)
 
 
 @app.command()

@@ -96,3 +96,40 @@ def score_threshold(cfg: Config, checkpoint: dict[str, Any], run: Path | str = "
             "epoch. Finish it (`python -m detect train ... --resume`) or set "
             "eval.score_threshold")
     return checkpoint["threshold"]
+
+
+def features_provenance(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """What made a run's features, as (name, value) rows for people: backbone, weights and their
+    digest, frame rate, stride, resolution, layers and dtype (run.json's feature_set)."""
+    fs = info["feature_set"]
+    s = fs.get("settings") or {}
+    w = fs.get("weights") or {}
+    weights = str(w.get("label") or s.get("weights") or "?")
+    if weights == "random" or s.get("weights") == "random":
+        weights = f"random (seed {w.get('seed', 0)})"
+    digest = str(s.get("weights_sha256") or "")
+    size = s.get("crop") or s.get("short_side")
+    rows = [
+        ("backbone", str(s.get("model", "?"))),
+        ("weights", weights),
+        ("weights sha256", digest[:16] + "..." if digest else "-"),
+        ("frames", f"{s['fps']:g} fps" if "fps" in s else "?"),
+        ("feature stride", f"{s['stride']} frames" if "stride" in s else "?"),
+        ("resolution", f"{size} px" if size else "as decoded"),
+        ("layers", ", ".join(s.get("layers", [])) or "-"),
+        ("dtype", str(s.get("dtype", "-"))),
+        ("feature set", str(fs.get("key", "?"))),
+    ]
+    return rows
+
+
+def random_weights_warning(info: dict[str, Any]) -> str | None:
+    """One loud line when a run's features came from a randomly initialised backbone, else None:
+    its scores then say nothing about real gestures, whatever they look like."""
+    fs = info["feature_set"]
+    label = (fs.get("weights") or {}).get("label")
+    if label != "random" and (fs.get("settings") or {}).get("weights") != "random":
+        return None
+    return ("!! RANDOM WEIGHTS: this run's features come from a randomly initialised I3D, so its "
+            "detections and scores say nothing about real gestures; extract with --weights "
+            "kinetics and train again for real ones")

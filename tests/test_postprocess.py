@@ -15,6 +15,9 @@ from detect.inference.detections import (
     tiou,
 )
 from detect.inference.postprocess import decode_windows, merge_video, nms_1d
+from detect.inference.predictor import predict
+from detect.model.build import build_model
+from detect.synthetic.features import synth_feature_set
 
 CLASSES = ["a", "b", "c"]
 
@@ -50,6 +53,8 @@ def test_decode_windows_matches_loop_reference():
                 s, e = sorted(segs[b, q].double().tolist())
                 s = min(max(s, 0.0), valid / W)
                 e = min(max(e, 0.0), valid / W)
+                if e <= s:
+                    continue  # nothing left of it in the valid part of the window
                 # The steps the segment covers, at least the one holding its start.
                 steps = range(min(math.floor(s * W), W - 1),
                               max(math.ceil(e * W), min(math.floor(s * W), W - 1) + 1))
@@ -65,8 +70,40 @@ def test_decode_windows_matches_loop_reference():
             np.testing.assert_array_equal(d.label, ref[:, 2])
             np.testing.assert_allclose(d.score, ref[:, 3], rtol=1e-6)
         assert flat["v2"].end.max() <= 10 * 0.4 + 1e-9  # never past the valid steps
+        assert len(flat["v1"]) < 2 * Nq * 2  # some segments fell outside [0, 1] and were dropped
+        for d in flat.values():
+            assert (d.end > d.start).all()
     with pytest.raises(ValueError, match="dense head"):
         decode_windows(logits, segs, meta, stride, fps, W, dense_fusion=0.5)
+
+
+@pytest.mark.parametrize("seconds", [(0.8, 1.6), (2.0, 5.0), (5.6, 9.0)])
+def test_no_detection_has_zero_length_or_lies_past_the_video(tmp_path, seconds):
+    """Videos of 2-4 steps (a window of 16 that is mostly padding), shorter than one window, and
+    a little longer (a tail window): an untrained model's queries land all over the window, and
+    none may come out as a zero-length detection at the video's end (issue 28)."""
+    from detect.config import load_config
+    from detect.data.annotations import load_annotations
+    from detect.data.windows import WindowDataset
+
+    fs, ann_path = synth_feature_set(tmp_path, videos=4, classes=3, dim=8,
+                                     min_duration_s=seconds[0], max_duration_s=seconds[1],
+                                     max_instance_s=0.8, split=(1.0, 0.0, 0.0))
+    cfg = load_config(None, ["data.window=16", "model.hidden_dim=16", "model.num_queries=12",
+                             "model.num_points=4", "model.num_layers=1", "model.num_heads=2",
+                             "model.ffn_dim=32", "model.mix_dim=4", "eval.top_k=2",
+                             "eval.max_per_video=1000", "train.device=cpu"])
+    torch.manual_seed(0)
+    ann = load_annotations(ann_path)
+    model = build_model(cfg, 8, ann.num_classes, 0, pretrained=False)
+    ds = WindowDataset(fs, ann, "train", cfg.data, train=False)
+    preds = predict(model, ds, cfg, torch.device("cpu"))
+    assert set(preds) == set(ds.video_ids)
+    for vid, d in preds.items():
+        covered = math.ceil(ann.videos[vid].duration / 0.4) * 0.4  # the steps the video fills
+        assert len(d) > 0, vid
+        assert (d.end > d.start).all(), (vid, d.segments[d.end <= d.start])
+        assert d.start.min() >= 0.0 and d.end.max() <= covered + 1e-9, vid
 
 
 def _nms_reference(start, end, score, thr):

@@ -1,6 +1,7 @@
 """The HTML report of a run: class-agnostic matching, the PNGs by their pixels, the page in a
 headless browser, and the errors for runs that cannot be reported on."""
 
+import base64
 import json
 import re
 import shutil
@@ -14,7 +15,7 @@ from detect.apps import plots
 from detect.apps.report import (
     MatchSummary,
     ReportError,
-    match_any_class,
+    match_one_to_one,
     match_summary,
     render_page,
     write_report,
@@ -22,6 +23,7 @@ from detect.apps.report import (
 from detect.config import load_config
 from detect.data.annotations import Annotations, VideoAnnotations
 from detect.evaluation.evaluate import evaluate_run
+from detect.evaluation.metrics import f1_strict
 from detect.inference.detections import Detections
 from detect.synthetic.features import synth_feature_set
 from detect.train.loop import train
@@ -73,6 +75,33 @@ def _has_colour(img, rgb01, tol=2):
     return bool((np.abs(img - c) <= tol).all(axis=-1).any())
 
 
+def _loop_iou(s, e, gs, ge):
+    inter = max(0.0, min(e, ge) - max(s, gs))
+    union = (e - s) + (ge - gs) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _loop_matches(d, g, match_iou):
+    """detection -> (ground truth, tIoU): the strict pass (same class), then the class-blind
+    pass over what is left, detections by descending score."""
+    order = sorted(range(len(d)), key=lambda i: (-float(d.score[i]), i))
+    took = {}
+    for same_only in (True, False):
+        for i in (i for i in order if i not in took):
+            best = None  # (tIoU, -index)
+            used = {t[0] for t in took.values()}
+            for k in range(len(g)):
+                if k in used or (same_only and int(g.labels[k]) != int(d.label[i])):
+                    continue
+                iou = _loop_iou(float(d.start[i]), float(d.end[i]),
+                                float(g.segments[k, 0]), float(g.segments[k, 1]))
+                if iou > match_iou and (best is None or (iou, -k) > best):
+                    best = (iou, -k)
+            if best is not None:
+                took[i] = (-best[1], best[0])
+    return took
+
+
 def _loop_summary(preds, ann, subset, match_iou):
     """Reference: plain Python floats, one detection and one ground truth at a time."""
     C = ann.num_classes
@@ -81,27 +110,17 @@ def _loop_summary(preds, ann, subset, match_iou):
     for vid in sorted(v for v, a in ann.videos.items() if a.subset == subset):
         g = ann.videos[vid]
         d = preds.get(vid, Detections.empty())
-        used = set()
+        took = _loop_matches(d, g, match_iou)
         for i in range(len(d)):
-            s, e, c = float(d.start[i]), float(d.end[i]), int(d.label[i])
-            best = None  # (same class, tIoU, -index)
-            for k in range(len(g)):
-                gs, ge = float(g.segments[k, 0]), float(g.segments[k, 1])
-                inter = max(0.0, min(e, ge) - max(s, gs))
-                union = (e - s) + (ge - gs) - inter
-                iou = inter / union if union > 0 else 0.0
-                if iou > match_iou:
-                    cand = (int(g.labels[k]) == c, iou, -k)
-                    if best is None or cand > best:
-                        best = cand
-            if best is None:
+            c = int(d.label[i])
+            if i not in took:
                 conf[C, c] += 1
-            else:
-                k = -best[2]
-                used.add(k)
-                conf[int(g.labels[k]), c] += 1
-                ious.append(best[1])
-                same.append(best[0])
+                continue
+            k, iou = took[i]
+            conf[int(g.labels[k]), c] += 1
+            ious.append(iou)
+            same.append(int(g.labels[k]) == c)
+        used = {t[0] for t in took.values()}
         for k in range(len(g)):
             if k not in used:
                 conf[int(g.labels[k]), C] += 1
@@ -134,20 +153,26 @@ def test_confusion_on_a_hand_computed_case():
         "v2": Detections([100], [105], [1], [0.3]),
         "tr": Detections([0], [10], [2], [0.9]),  # another subset: ignored
     }
-    j, iou = match_any_class(preds["v1"], ann.videos["v1"].segments, ann.videos["v1"].labels, 0.3)
-    # [40, 43] vs [40, 50] is tIoU 0.3 exactly: not > 0.3, so background.
-    np.testing.assert_array_equal(j, [0, 0, 1, -1, 3, -1])
-    np.testing.assert_allclose(iou, [1.0, 0.9, 0.8, 0.0, 8 / 12, 0.0])
+    j, iou = match_one_to_one(preds["v1"], ann.videos["v1"].segments, ann.videos["v1"].labels,
+                              0.3)
+    # d1 overlaps only g0, which d0 took: background. [40, 43] vs [40, 50] is tIoU 0.3 exactly:
+    # not > 0.3, so background too. d4 (b) takes the a-instance g3 in the class-blind pass.
+    np.testing.assert_array_equal(j, [0, -1, 1, -1, 3, -1])
+    np.testing.assert_allclose(iou, [1.0, 0.0, 0.8, 0.0, 8 / 12, 0.0])
 
     s = match_summary(preds, ann, "test", 0.3)
     np.testing.assert_array_equal(s.confusion, [
-        [1, 2, 0, 0],  # a: d0 right, d1 and d4 called b
+        [1, 1, 0, 0],  # a: d0 right, d4 called it b
         [0, 2, 0, 1],  # b: d2 and v2's detection right; v3's ground truth missed
         [0, 0, 0, 2],  # c: both missed
-        [0, 0, 2, 0],  # background: d3 and the tIoU-0.3 d5
+        [0, 1, 2, 0],  # background: d1 (a duplicate of g0), d3 and the tIoU-0.3 d5
     ])
-    np.testing.assert_allclose(s.tiou, [1.0, 0.9, 0.8, 8 / 12, 0.5])
-    np.testing.assert_array_equal(s.same_class, [True, False, True, False, True])
+    np.testing.assert_allclose(s.tiou, [1.0, 0.8, 8 / 12, 0.5])
+    np.testing.assert_array_equal(s.same_class, [True, True, False, True])
+    # Each row sums to its class support.
+    support = np.bincount(np.concatenate([ann.videos[v].labels for v in ("v1", "v2", "v3")]),
+                          minlength=3)
+    np.testing.assert_array_equal(s.confusion[:3].sum(axis=1), support)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -173,6 +198,11 @@ def test_match_summary_agrees_with_a_loop(seed):
     # Every detection lands in exactly one cell of its predicted-class column.
     per_class = np.bincount(np.concatenate([d.label for d in preds.values()]), minlength=C)
     np.testing.assert_array_equal(s.confusion[:, :C].sum(axis=0), per_class)
+    # Every ground truth lands in exactly one cell of its row; the diagonal is the strict hits.
+    support = np.bincount(np.concatenate([a.labels for a in videos.values()]), minlength=C)
+    np.testing.assert_array_equal(s.confusion[:C].sum(axis=1), support)
+    strict = f1_strict(preds, ann, "test", 0.3)
+    assert np.trace(s.confusion[:C, :C]) == strict["matched"]
 
 
 # ---------------------------------------------------------------------------- PNGs
@@ -202,6 +232,45 @@ def test_timeline_lanes_and_score_colours_from_pixels(tmp_path, num_classes, dur
     assert _count_lanes(e) == num_classes * rows
     assert not _has_colour(e, to_rgb(plots.GT_FACE))
     assert not _has_colour(e, cmap(norm(0.9))) and not _has_colour(e, cmap(norm(0.2)))
+
+
+def test_stack_rows_never_overlaps_and_uses_the_fewest_rows():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(0, 12))
+        s = rng.integers(0, 20, n).astype(float)
+        e = s + rng.integers(1, 6, n)
+        row, rows = plots.stack_rows(s, e)
+        for i in range(n):
+            for j in range(i):
+                if row[i] == row[j]:
+                    assert e[i] <= s[j] or e[j] <= s[i]
+        # The fewest rows: the most intervals that share one instant.
+        depth = max([int(((s <= t) & (e > t)).sum()) for t in np.unique(s)], default=0)
+        assert rows == max(1, depth)
+
+
+def test_overlapping_and_zero_length_detections_all_show(tmp_path):
+    norm = plots.score_norm(0.0, 1.0)
+    cmap = mpl.colormaps[plots.SCORE_CMAP]
+    # One class: a long high-score detection over a short low-score one, and a zero-length one.
+    dets = Detections([10.0, 12.0, 30.0], [20.0, 14.0, 30.0], [0, 0, 0], [0.95, 0.1, 0.5])
+    img = _lanes_only(_rgb(plots.plot_timeline(np.zeros((0, 2)), [], dets, ["a"], 40.0,
+                                               tmp_path / "t.png", norm=norm,
+                                               ground_truth=False)))
+    for score in (0.95, 0.1, 0.5):
+        assert _has_colour(img, cmap(norm(score))), score
+
+
+def test_equal_f1_curves_both_show(tmp_path):
+    rows = [{"epoch": str(e), "train_loss": str(1.0 / e), "val_f1_miga": str(0.1 * e),
+             "val_f1_strict": str(0.1 * e), "val_map": str(0.05 * e)} for e in range(1, 6)]
+    img = _rgb(plots.plot_training_curves(rows, tmp_path / "c.png"))
+    styles = {col: st for col, _, st in plots.VAL_CURVES}
+    wide = np.asarray(to_rgb(styles["val_f1_miga"]["color"]))
+    alpha = styles["val_f1_miga"]["alpha"]
+    assert _has_colour(img, wide * alpha + (1 - alpha), tol=3)  # the pale line beneath
+    assert _has_colour(img, to_rgb(styles["val_f1_strict"]["color"]))  # the dashed one on top
 
 
 # ---------------------------------------------------------------------------- real runs
@@ -241,10 +310,14 @@ def test_report_of_a_real_run(runs, which):
     n_videos = _num_test_videos(runs["annotations"])
     timelines = sorted(index.parent.glob("timeline-*.png"))
     assert len(timelines) == n_videos >= 1
-    srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert sorted(srcs) == sorted(["curves.png", "confusion.png", "tiou.png",
-                                   *(t.name for t in timelines)])
-    for name in srcs:
+    names = re.findall(r'data-name="([^"]+)"', page)
+    assert sorted(names) == sorted(["curves.png", "confusion.png", "tiou.png",
+                                    *(t.name for t in timelines)])
+    # One file is the whole report: every figure is embedded, byte for byte the PNG beside it.
+    srcs = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    assert len(srcs) == len(names)
+    for name, src in zip(names, srcs, strict=True):
+        assert base64.b64decode(src) == (index.parent / name).read_bytes(), name
         img = _rgb(index.parent / name)
         assert img.shape[0] > 200 and img.shape[1] > 400, name
         assert img.reshape(-1, 3).std(axis=0).max() > 10, f"{name} is blank"
@@ -253,6 +326,11 @@ def test_report_of_a_real_run(runs, which):
     for name in ("gesture00", "gesture01", "gesture02"):
         assert f"<td>{name}</td>" in page
     assert f"{n_pred} detection{'' if n_pred == 1 else 's'} at score" in page
+    # What made the features, the config and the code version are on the page.
+    assert "<td>backbone</td><td>synthetic</td>" in page
+    assert "<td>feature stride</td><td>4 frames</td>" in page
+    assert re.search(r"<td>code version</td><td>mgdet [^<]+</td>", page)
+    assert "RANDOM WEIGHTS" not in page
     # Works offline: nothing is fetched from anywhere.
     assert not re.search(r"(src|href)=\"(https?:)?//|<link|@import|url\(", page)
 
@@ -271,17 +349,55 @@ def _run_chromium(index, profile):
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="chromium not installed (apt-get install -y chromium)")
-def test_page_loads_in_a_headless_browser(runs, tmp_path):
-    index = write_report(runs["many"], "test", out=tmp_path / "ok", progress=False)
+def test_page_loads_in_a_headless_browser_with_every_image_file_deleted(runs, tmp_path):
+    n_images = 3 + _num_test_videos(runs["annotations"])
+    index = write_report(runs["many"], "test", out=tmp_path / "embedded", progress=False)
+    pngs = list(index.parent.glob("*.png"))
+    assert len(pngs) == n_images
+    for f in pngs:  # the page alone is the report
+        f.unlink()
     dom, console = _run_chromium(index, tmp_path / "profile")
     assert console == []
     assert 'data-images="ok"' in dom
-    assert dom.count("<img ") == 3 + _num_test_videos(runs["annotations"])
-    # The same check notices a missing image.
-    (index.parent / "tiou.png").unlink()
+    assert dom.count("<img ") == n_images
+
+    # Linked images: the page marks every missing one (the collection it walks is live).
+    index = write_report(runs["many"], "test", out=tmp_path / "linked", progress=False,
+                         linked=True)
     dom, console = _run_chromium(index, tmp_path / "profile")
-    assert console == []
+    assert console == [] and 'data-images="ok"' in dom
+    names = sorted(f.name for f in index.parent.glob("*.png"))
+    (index.parent / "tiou.png").unlink()
+    dom, _ = _run_chromium(index, tmp_path / "profile")
     assert 'data-images="broken 1"' in dom and "image not found: tiou.png" in dom
+    for name in names:
+        (index.parent / name).unlink(missing_ok=True)
+    dom, _ = _run_chromium(index, tmp_path / "profile")
+    assert f'data-images="broken {n_images}"' in dom, re.findall(r"<body[^>]*>|image not found: [^<]+", dom)
+    assert dom.count("<img ") == 0
+    for name in names:
+        assert f"image not found: {name}" in dom
+
+
+def test_random_weights_are_said_loudly_on_the_page_and_by_the_command(runs, tmp_path):
+    run = tmp_path / "random"
+    shutil.copytree(runs["many"], run, ignore=shutil.ignore_patterns("report"))
+    info = json.loads((run / "run.json").read_text())
+    info["feature_set"]["weights"] = {"label": "random", "seed": 3}
+    (run / "run.json").write_text(json.dumps(info))
+    page = write_report(run, "test", progress=False).read_text()
+    assert re.search(r'<p class="warning">!! RANDOM WEIGHTS: [^<]+</p>', page)
+    assert "<td>weights</td><td>random (seed 3)</td>" in page
+    from typer.testing import CliRunner
+
+    from detect.__main__ import app
+
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "!! RANDOM WEIGHTS" in res.output
+    res = CliRunner().invoke(app, ["report", str(runs["many"]), "--linked-images"])
+    assert res.exit_code == 0 and "RANDOM" not in res.output, res.output
+    assert "data:image/png" not in (runs["many"] / "report" / "index.html").read_text()
 
 
 def test_page_escapes_every_text():

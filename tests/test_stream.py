@@ -96,18 +96,24 @@ def as_set(dets) -> set[tuple]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hop", [16, 4])
+@pytest.mark.parametrize("hop", [None, 4])
 def test_stream_a_file_equals_offline_predict(trained, tmp_path, hop):
     tmp, data, run, video = trained
-    # Offline over the stream's windows: hop = window (16) is TINY's back-to-back windows,
-    # hop W/4 is eval_overlap 0.75. Threshold 0 (TINY): every query's detection.
+    # By default, offline's windows: TINY's back-to-back windows of 16 (eval_overlap 0), and
+    # predict's defaults. hop W/4 is eval_overlap 0.75. Threshold 0 (TINY): every query's
+    # detection.
     preds, classes = predict_videos([video], run, tmp_path / "pred", progress=False,
-                                    id_fn=video_id_from_path, eval_overlap=1 - hop / 16)
+                                    id_fn=video_id_from_path,
+                                    eval_overlap=None if hop is None else 1 - hop / 16)
     off = preds[video_id_from_path(video)]
     out = tmp_path / "s.jsonl"
     r = CliRunner().invoke(app, ["stream", str(video), "--run", str(run), "--out", str(out),
-                                 "--hop", str(hop), "--quiet"])
+                                 *([] if hop is None else ["--hop", str(hop)]), "--quiet"])
     assert r.exit_code == 0, r.output
+    if hop is None:
+        assert "windows of 16 steps every 16, as offline evaluation" in r.stderr
+    else:
+        assert "offline evaluation (predict, eval) hops 16" in r.stderr and "--hop 16" in r.stderr
     got = lines_of(out)
     assert got and [json.loads(x) for x in r.stdout.splitlines()] == got
     assert set(got[0]) == {"class", "label", "start", "end", "score", "emitted_at",
@@ -129,6 +135,7 @@ def test_stream_a_file_equals_offline_predict(trained, tmp_path, hop):
     assert 2 * overlap / (len(got) + len(want)) >= 0.95
     assert record["status"] == "ended" and record["exit_code"] == 0
     assert record["detections"] == len(got) and record["window"] == 16
+    assert record["hop"] == (hop or 16)
     assert record["source_latency_s"]["median"] >= 0 and "torch" in record["versions"]["packages"]
     assert record["real_time_factor"] > 0
 

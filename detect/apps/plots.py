@@ -24,6 +24,15 @@ GT_FACE = "#8c96a3"
 GT_EDGE = "#1f2933"
 SCORE_CMAP = "viridis"
 DPI = 100
+# (metrics.csv column, legend, line style) of the val curves, widest first.
+VAL_CURVES = (
+    ("val_f1_miga", "F1 (MiGA)", {"lw": 4.0, "alpha": 0.4, "marker": "o", "ms": 6,
+                                  "color": "#2c7fb8"}),
+    ("val_f1_strict", "F1 (strict)", {"lw": 1.4, "ls": "--", "marker": "s", "ms": 3,
+                                      "color": "#08306b"}),
+    ("val_map", "mAP", {"lw": 1.4, "ls": ":", "marker": "^", "ms": 4, "color": "#d95f02"}),
+)
+MIN_BAR_PX = 2.0  # a zero-length segment is drawn this wide, so it shows
 
 
 class MissingMatplotlib(ImportError):
@@ -117,11 +126,15 @@ def plot_training_curves(
         _note(ax_loss, "no epochs recorded in metrics.csv")
 
     val_cols = []
-    for col, label in (("val_f1_miga", "F1 (MiGA)"), ("val_f1_strict", "F1 (strict)"),
-                       ("val_map", "mAP")):
+    miga = _floats(rows, "val_f1_miga")
+    # The two F1s often coincide (no detection overlaps two ground truths): a wide pale line
+    # under a thin dashed one keeps both visible, and the legend says when they are equal.
+    for col, label, style in VAL_CURVES:
         y = _floats(rows, col)
         if np.isfinite(y).any():
-            ax_val.plot(epochs, y, marker="o", ms=3, label=label)
+            if col == "val_f1_strict" and np.array_equal(y, miga, equal_nan=True):
+                label += " = F1 (MiGA) here"
+            ax_val.plot(epochs, y, label=label, **style)
             val_cols.append(col)
     ax_val.set_title("val metrics")
     ax_val.set_xlabel("epoch")
@@ -203,6 +216,48 @@ def score_norm(lo: float, hi: float = 1.0) -> Any:
     return Normalize(vmin=lo, vmax=hi)
 
 
+def _bars(ax: Any, xs: tuple[float, float, float], s: np.ndarray, e: np.ndarray,
+          ys: tuple[float, float], **style: Any) -> None:
+    """Boxes [s, e] at height ys = (y, h) on one timeline row; xs = (row start, row span, least
+    width): clipped so nothing enters the strip left of the row's start."""
+    lo, span, sliver = xs
+    keep = (e >= lo) & (s <= lo + span)
+    if keep.any():
+        s0 = np.maximum(s[keep], lo)
+        widths = np.maximum(e[keep] - s0, sliver)
+        colors = style.pop("facecolors")
+        if not isinstance(colors, str):
+            colors = colors[keep]
+        ax.broken_barh(list(zip(s0, widths, strict=True)), ys, facecolors=colors, **style)
+
+
+def _detection_bars(ax: Any, xs: tuple[float, float, float], d: Detections,
+                    ys: tuple[float, float], colour: Any) -> None:
+    """One class's detections in the band ys = (y, h), overlapping ones in stacked sub-rows."""
+    sub, n_sub = stack_rows(d.start, np.maximum(d.end, d.start + xs[2]))
+    h = ys[1] / n_sub
+    for k in range(n_sub):
+        m = sub == k
+        _bars(ax, xs, d.start[m], d.end[m], (ys[0] + (n_sub - 1 - k) * h, h),
+              facecolors=colour(d.score[m]), linewidth=0, zorder=3)
+
+
+def stack_rows(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, int]:
+    """Sub-rows for intervals so that none overlaps another in its row: (n,) row of each, in
+    [0, rows), and the number of rows. Greedy by start time (the fewest rows possible)."""
+    order = np.lexsort((end, start))
+    row = np.zeros(len(start), np.int64)
+    ends: list[float] = []  # the last end in each row
+    for i in order:
+        r = next((k for k, e in enumerate(ends) if e <= start[i]), len(ends))
+        if r == len(ends):
+            ends.append(end[i])
+        else:
+            ends[r] = end[i]
+        row[i] = r
+    return row, max(1, len(ends))
+
+
 def plot_timeline(
     gt_segments: np.ndarray,
     gt_labels: np.ndarray,
@@ -213,10 +268,14 @@ def plot_timeline(
     title: str = "",
     norm: Any = None,
     row_seconds: float = 300.0,
+    ground_truth: bool = True,
 ) -> Path:
     """One video: a lane per class (class 0 on top); in each lane the ground truth as boxes in the
-    upper half and the detections in the lower half, coloured by score (colorbar).
+    upper half and the detections in the lower half, coloured by score (colorbar). Without
+    `ground_truth` (a new video), the detections fill the lanes.
 
+    Detections of one class that overlap are stacked in sub-rows, and zero-length segments are
+    drawn MIN_BAR_PX wide, so none hides behind another or vanishes.
     gt_segments: (n, 2) seconds; gt_labels: (n,) class indices. `norm` maps scores to colours
     (`score_norm`); the default is [0, 1]. A video longer than `row_seconds` wraps onto several
     rows at the same time scale, so a 1 s gesture stays visible in a 20-minute video.
@@ -240,36 +299,27 @@ def plot_timeline(
     # A strip left of each row's start where nothing is drawn keeps every lane visible in some
     # pixel column.
     margin = 0.012 * span
-    sliver = span * 1e-4  # zero-length segments still show
+    width_in = 13.0
+    sliver = span * MIN_BAR_PX / (0.85 * width_in * DPI)  # the axes are ~85% of the figure
     lane_h = 0.42 if C <= 8 else 0.3
-    fig = _figure(13.0, 0.5 + n_rows * (0.6 + lane_h * C))
+    fig = _figure(width_in, 0.5 + n_rows * (0.6 + lane_h * C))
     axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
-    half = (1.0 - LANE_GAP) / 2
-
-    def bars(ax: Any, s: np.ndarray, e: np.ndarray, lo: float, y: float, **style: Any) -> None:
-        keep = (e >= lo) & (s <= lo + span)
-        if keep.any():
-            s0 = np.maximum(s[keep], lo)  # clipped so nothing enters the strip left of `lo`
-            widths = np.maximum(e[keep] - s0, sliver)
-            colors = style.pop("facecolors")
-            if not isinstance(colors, str):
-                colors = colors[keep]
-            ax.broken_barh(list(zip(s0, widths, strict=True)), (y, half * 0.85),
-                           facecolors=colors, **style)
+    band = 1.0 - LANE_GAP
+    half = band / 2 if ground_truth else band
 
     for r, ax in enumerate(axes):
         lo = r * span
         for c in range(C):
             y = C - 1 - c
             ax.axhspan(y + LANE_GAP / 2, y + 1 - LANE_GAP / 2, color=LANE_COLOR, lw=0, zorder=0)
-            g = gt_segments[gt_labels == c]
-            bars(ax, g[:, 0], g[:, 1], lo, y + 0.5, facecolors=GT_FACE, edgecolors=GT_EDGE,
-                 linewidth=0.6, zorder=2)
-            sel = detections.label == c
-            order = np.argsort(detections.score[sel], kind="stable")  # best drawn last, on top
-            bars(ax, detections.start[sel][order], detections.end[sel][order], lo,
-                 y + 0.5 - half * 0.85, facecolors=cmap(norm(detections.score[sel][order])),
-                 linewidth=0, zorder=3)
+            xs = (lo, span, sliver)
+            if ground_truth:
+                g = gt_segments[gt_labels == c]
+                _bars(ax, xs, g[:, 0], g[:, 1], (y + 0.5, half * 0.85), facecolors=GT_FACE,
+                      edgecolors=GT_EDGE, linewidth=0.6, zorder=2)
+            base = y + LANE_GAP / 2 + half * 0.075
+            _detection_bars(ax, xs, detections.take(detections.label == c),
+                            (base, half * 0.85), lambda v: cmap(norm(v)))
         if lo + span > end:  # the last row runs past the video: grey out the time after it
             ax.axvspan(end, lo + span, color="#f5f7fa", lw=0, zorder=1)
         ax.set_xlim(lo - margin, lo + span)
@@ -278,7 +328,8 @@ def plot_timeline(
         ax.tick_params(axis="y", length=0)
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
-    axes[-1].set_xlabel("time (s)   upper half: ground truth, lower half: detections")
+    axes[-1].set_xlabel("time (s)   upper half: ground truth, lower half: detections"
+                        if ground_truth else "time (s)   detections (no ground truth)")
     if title:
         axes[0].set_title(title, fontsize=10, loc="left")
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), pad=0.01,

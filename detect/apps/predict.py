@@ -182,7 +182,7 @@ def _timelines(preds: dict[str, Detections], ann: Annotations, folder: Path,
     for vid, dets in preds.items():
         v = ann.videos[vid]
         plot_timeline(v.segments, v.labels, dets, ann.classes, v.duration,
-                      folder / f"{vid}.png", title=vid, norm=norm)
+                      folder / f"{vid}.png", title=vid, norm=norm, ground_truth=False)
 
 
 def format_detections(preds: dict[str, Detections], classes: list[str], limit: int = 50) -> str:

@@ -1,26 +1,39 @@
-"""`python -m detect report runs/NAME`: a self-contained HTML page about one evaluated run.
+"""`python -m detect report runs/NAME`: one self-contained HTML file about one evaluated run.
 
-    runs/NAME/report/index.html       the page (inline CSS, no external resources)
-    runs/NAME/report/curves.png       losses and val F1 / mAP per epoch (metrics.csv)
-    runs/NAME/report/confusion.png    class confusion of matched detections
-    runs/NAME/report/tiou.png         tIoU of matched detections
-    runs/NAME/report/timeline-NNNN.png  per video of the subset: ground truth vs detections
+    runs/NAME/report/index.html       the page: inline CSS, the figures embedded as data URIs,
+                                      nothing fetched; it can be mailed or archived on its own
+    runs/NAME/report/curves.png       the same figures as PNG files, for papers and slides:
+    runs/NAME/report/confusion.png      losses and val F1 / mAP per epoch (metrics.csv), class
+    runs/NAME/report/tiou.png           confusion and tIoU of matched detections, and per video
+    runs/NAME/report/timeline-NNNN.png  of the subset its ground truth vs detections
+
+With `linked=True` (`--linked-images`) the page links the PNG files instead of embedding them: a
+smaller page for a subset of hundreds of videos, which then needs its folder. A linked image that
+is missing is replaced by a visible note, and the page says how many are missing.
+
+The page also says what made the run's features (backbone, weights and digest, resolution,
+stride), the config name and the code version, and warns in red when the weights were random.
 
 It reads what `python -m detect eval` wrote (metrics.json, predictions.json: the detections above
 the run's score threshold, the ones F1 is computed on) and never runs the model itself.
 
-Matching for the confusion and the tIoU histogram is class-agnostic, to show *which* class a
-detection confuses a gesture with: a detection matches the ground truth of its own class with the
-highest tIoU > match_iou if there is one (then it is a correct detection under the MiGA rule),
-else the ground truth of any class with the highest tIoU > match_iou, else nothing.
+Two matching rules, each named where it is used. The per-class table is metrics.json's: P, R and
+F1 by the MiGA rule (a detection is correct when it overlaps some ground truth of its class at
+tIoU > match_iou, so one detection may count for several ground truths). The confusion, the tIoU
+histogram and the timeline captions match one-to-one, to show *which* class a detection confuses
+a gesture with: first the strict rule (per class, detections by descending score each take the
+unmatched ground truth of their class with the highest tIoU > match_iou; these are the diagonal
+and the strict F1's hits), then the same greedy pass over the detections and ground truths left,
+classes ignored. So each ground truth is counted once: a confusion row sums to its class support.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +43,9 @@ import numpy as np
 from tqdm import tqdm
 
 from detect.data.annotations import SUBSETS, Annotations, load_annotations
+from detect.evaluation.metrics import greedy_assign
 from detect.inference.detections import Detections, load_predictions, tiou
-from detect.runs import read_run
+from detect.runs import features_provenance, random_weights_warning, read_run
 from extract.io import RunError, atomic_write_bytes, read_metrics_rows
 
 REPORT_DIR = "report"
@@ -44,40 +58,48 @@ class ReportError(RunError):
     the CLI prints it as a one-line error."""
 
 
-def match_any_class(
+def match_one_to_one(
     detections: Detections, gt_segments: np.ndarray, gt_labels: np.ndarray, match_iou: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class-agnostic matching of one video's detections (module docstring).
+    """One-to-one matching of one video's detections (module docstring).
 
-    gt_segments: (m, 2) seconds; gt_labels: (m,). Returns the matched ground truth per detection,
-    (n,) int64 (-1 for none), and its tIoU, (n,) float64 (0 for none). Several detections may
-    match one ground truth. Ties in tIoU go to the lower ground-truth index.
+    gt_segments: (m, 2) seconds; gt_labels: (m,). First the strict rule (per class, detections
+    by descending score each take the unmatched ground truth of their class with the highest
+    tIoU > match_iou), then the same greedy pass over what is left with classes ignored. Returns
+    the ground truth each detection took, (n,) int64 (-1 for none), and its tIoU, (n,) float64
+    (0 for none). Each ground truth is taken at most once.
     """
     n = len(detections)
     gt_segments = np.asarray(gt_segments, np.float64).reshape(-1, 2)
     gt_labels = np.asarray(gt_labels, np.int64).reshape(-1)
     if n == 0 or gt_labels.size == 0:
         return np.full(n, -1, np.int64), np.zeros(n)
-    iou = tiou(detections.segments, gt_segments)  # (n, m)
-    same = detections.label[:, None] == gt_labels[None, :]
-    # tIoU is in [0, 1], so +2 ranks every same-class candidate above every other-class one.
-    key = np.where(iou > match_iou, iou + 2.0 * same, -1.0)
-    j = key.argmax(axis=1)
-    best = np.take_along_axis(iou, j[:, None], axis=1)[:, 0]
-    ok = np.take_along_axis(key, j[:, None], axis=1)[:, 0] >= 0
-    return np.where(ok, j, -1).astype(np.int64), np.where(ok, best, 0.0)
+    order = np.argsort(-detections.score, kind="stable")
+    iou = tiou(detections.segments[order], gt_segments)  # (n, m), rows by descending score
+    same = detections.label[order][:, None] == gt_labels[None, :]
+    first = greedy_assign(np.where(same, iou, 0.0), match_iou)
+    rest = np.where((first < 0)[:, None], iou, 0.0)
+    rest[:, first[first >= 0]] = 0.0
+    j_sorted = np.where(first >= 0, first, greedy_assign(rest, match_iou))
+    j = np.empty(n, np.int64)
+    j[order] = j_sorted
+    hs = j_sorted >= 0
+    best = np.zeros(n)
+    best[order[hs]] = iou[hs, j_sorted[hs]]
+    return j, best
 
 
 @dataclass
 class MatchSummary:
-    """Class-agnostic matches over a subset.
+    """One-to-one matches over a subset.
 
     confusion: (C+1, C+1) int64. Rows 0..C-1 are ground-truth classes, row C "background"
     (detections matching no ground truth); columns 0..C-1 are predicted classes, column C
     "missed" (ground truths matched by no detection). Cell [g, p] counts detections of class p
-    matching a ground truth of class g, so columns sum to the detections per class.
-    tiou: (M,) float64, the tIoU of each matching detection; same_class: (M,) bool, whether its
-    class is the ground truth's.
+    matching a ground truth of class g. Matching is one-to-one, so row g sums to the support of
+    class g, columns 0..C-1 sum to the detections per class, and the diagonal holds the strict
+    (one-to-one) hits. tiou: (M,) float64, the tIoU of each matching detection; same_class: (M,)
+    bool, whether its class is the ground truth's.
     """
 
     confusion: np.ndarray
@@ -100,7 +122,7 @@ def match_summary(
         d = predictions.get(vid, Detections.empty())
         if len(d) and (d.label.min() < 0 or d.label.max() >= C):
             raise ValueError(f"video {vid!r}: prediction labels outside [0, {C})")
-        j, iou = match_any_class(d, g.segments, g.labels, match_iou)
+        j, iou = match_one_to_one(d, g.segments, g.labels, match_iou)
         hit = j >= 0
         rows = np.where(hit, g.labels[np.maximum(j, 0)] if len(g) else C, C)
         counts += np.bincount(rows * (C + 1) + d.label, minlength=counts.size)
@@ -146,8 +168,10 @@ def _read_metrics(run: Path, subset: str) -> dict[str, Any]:
 
 def _load_inputs(
     run: Path, subset: str
-) -> tuple[dict[str, Any], Annotations, dict[str, Detections], list[dict[str, str]]]:
-    """metrics.json, the annotations, predictions.json and metrics.csv rows of an evaluated run."""
+) -> tuple[dict[str, Any], Annotations, dict[str, Detections], list[dict[str, str]],
+           dict[str, Any]]:
+    """metrics.json, the annotations, predictions.json, metrics.csv rows and run.json of an
+    evaluated run."""
     if subset not in SUBSETS:
         raise ReportError(f"unknown subset {subset!r}; expected one of {', '.join(SUBSETS)}")
     _, info = read_run(run)
@@ -169,7 +193,7 @@ def _load_inputs(
             f"{metrics['num_predictions']}: the files are from different evaluations; "
             f"{_eval_hint(run, subset)}"
         )
-    return metrics, ann, preds, read_metrics_rows(run)
+    return metrics, ann, preds, read_metrics_rows(run), info
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -186,20 +210,23 @@ th:first-child, td:first-child { text-align: left; }
 thead th { background: #f0f4f8; position: sticky; top: 0; }
 .headline td { font-size: 1.05em; } .video { margin: 18px 0; }
 .broken { border: 2px solid #d64545; padding: 8px; color: #d64545; }
+.warning { background: #d64545; color: #fff; padding: 10px 14px; font-weight: 600; }
+.facts td { text-align: left; }
 figure { margin: 8px 0; } figcaption { color: #627d98; font-size: 0.9em; }
 """
 
 # Marks the page (data-images="ok" or "broken N") and flags every image that failed to load, so
-# a missing PNG is visible to the reader instead of an empty gap.
+# a missing PNG is visible to the reader instead of an empty gap. document.images is live:
+# replacing an image removes it from the collection, so walk a copy of it.
 SCRIPT = """
 window.addEventListener("load", function () {
   var bad = 0;
-  Array.prototype.forEach.call(document.images, function (img) {
+  Array.prototype.slice.call(document.images).forEach(function (img) {
     if (!(img.complete && img.naturalWidth > 0)) {
       bad += 1;
       var note = document.createElement("p");
       note.className = "broken";
-      note.textContent = "image not found: " + img.getAttribute("src");
+      note.textContent = "image not found: " + img.getAttribute("data-name");
       img.replaceWith(note);
     }
   });
@@ -232,8 +259,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") 
     return f"<table{c}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _img(name: str, alt: str) -> str:
-    return f'<img src="{_e(quote(name))}" alt="{_e(alt)}">'
+def _img(name: str, alt: str, images: Mapping[str, bytes] | None) -> str:
+    """An image: embedded as a data URI from `images` (name -> PNG bytes), or linked by name."""
+    if images is None:
+        src = quote(name)
+    else:
+        src = "data:image/png;base64," + base64.b64encode(images[name]).decode("ascii")
+    return f'<img src="{_e(src)}" alt="{_e(alt)}" data-name="{_e(name)}">'
 
 
 def per_class_rows(metrics: dict[str, Any], classes: Sequence[str]) -> list[list[str]]:
@@ -249,15 +281,20 @@ def per_class_rows(metrics: dict[str, Any], classes: Sequence[str]) -> list[list
     return rows
 
 
-def render_page(
-    title: str,
-    metrics: dict[str, Any],
-    classes: Sequence[str],
-    summary: MatchSummary,
-    videos: Sequence[dict[str, Any]],
-) -> str:
-    """The HTML of the report. `videos`: dicts with id, image, num_gt, num_pred, matched."""
-    headline = [
+@dataclass
+class PageContext:
+    """What the page says about the run besides its metrics: its name, what made its features
+    ((name, value) rows), the config name, the code version and a warning (random weights)."""
+
+    title: str
+    features: Sequence[tuple[str, str]] = ()
+    config_name: str = ""
+    code_version: str = ""
+    warning: str | None = None
+
+
+def _headline(metrics: dict[str, Any], videos: int) -> list[str]:
+    rows = [
         ["F1 (MiGA, tIoU > {:g})".format(metrics["match_iou"]), _num(metrics.get("f1_miga"), 4),
          _num(metrics.get("precision_miga"), 4), _num(metrics.get("recall_miga"), 4)],
         ["F1 (strict one-to-one)", _num(metrics.get("f1_strict"), 4),
@@ -266,47 +303,84 @@ def render_page(
     ]
     facts = (
         f"subset <b>{_e(metrics['subset'])}</b>: "
-        f"{_e(_plural(metrics.get('num_videos', len(videos)), 'video'))}, "
+        f"{_e(_plural(metrics.get('num_videos', videos), 'video'))}, "
         f"{_e(_plural(metrics.get('num_ground_truth', 0), 'ground truth'))}, "
         f"{_e(_plural(metrics['num_predictions'], 'detection'))} at score &ge; "
-        f"{_e(_num(metrics['threshold'], 4))}; checkpoint epoch "
+        f"{_e(_num(metrics['threshold'], 4))} (tuned on val); checkpoint epoch "
         f"{_e(metrics.get('checkpoint_epoch', '?'))}"
     )
-    C = len(classes)
+    return [f'<p class="muted">{facts}</p>',
+            _table(["metric", "value", "precision", "recall"], rows, "headline")]
+
+
+def _run_facts(ctx: PageContext) -> list[str]:
+    parts = []
+    if ctx.warning:
+        parts.append(f'<p class="warning">{_e(ctx.warning)}</p>')
+    rows = [("config", ctx.config_name or "-"), ("code version", ctx.code_version or "-"),
+            *ctx.features]
+    parts += ["<h2>Run</h2>", _table(["", ""], [list(r) for r in rows], "facts")]
+    return parts
+
+
+def _matching_sections(metrics: dict[str, Any], classes: Sequence[str], summary: MatchSummary,
+                       images: Mapping[str, bytes] | None) -> list[str]:
+    iou = _e(_num(metrics["match_iou"], 2))
     conf_rows = [
         [name, *(str(int(v)) for v in summary.confusion[i])]
         for i, name in enumerate([*classes, "background"])
     ]
     n_same = int(summary.same_class.sum())
     n_other = int((~summary.same_class).sum())
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<p class="muted">{facts}</p>',
-        _table(["metric", "value", "precision", "recall"], headline, "headline"),
-        "<h2>Training</h2>",
-        _img("curves.png", "training losses and val metrics per epoch"),
+    return [
         "<h2>Per class</h2>",
-        '<p class="muted">AP on the full ranked list; P, R and F1 by the MiGA rule on the '
-        "detections above the threshold.</p>",
+        '<p class="muted">AP on the full ranked list. P, R and F1 by the MiGA rule on the '
+        f"detections above the threshold: a detection is correct when its tIoU with some ground "
+        f"truth of its class is &gt; {iou}, so one detection may count for several ground truths "
+        "(the confusion below matches one to one instead).</p>",
         _table(["class", "AP", "P", "R", "F1", "support", "predictions"],
                per_class_rows(metrics, classes)),
         "<h2>Confusion between classes</h2>",
-        f'<p class="muted">A detection matches the ground truth with the highest tIoU &gt; '
-        f"{_e(_num(metrics['match_iou'], 2))}, of its own class when there is one, else of any "
-        "class. Rows: ground-truth class (background: the detection matches nothing); columns: "
-        "predicted class (missed: no detection matches the ground truth).</p>",
-        _img("confusion.png", "confusion matrix of matched detections"),
+        f'<p class="muted">One-to-one matching at tIoU &gt; {iou}: first each detection, by '
+        "descending score, takes the unmatched ground truth of its own class with the highest "
+        "tIoU (the diagonal: the strict F1's hits), then what is left is matched the same way "
+        "with classes ignored. Rows: ground-truth class, each summing to its support, and "
+        "background (detections matching nothing: false alarms and duplicates); columns: "
+        "predicted class, each summing to its detections, and missed (ground truths no detection "
+        "matched).</p>",
+        _img("confusion.png", "confusion matrix of matched detections", images),
         "<details><summary>as a table</summary>",
         _table(["ground truth \\ predicted", *classes, "missed"], conf_rows),
         "</details>",
         "<h2>tIoU of matches</h2>",
-        f'<p class="muted">{n_same} detections match a ground truth of their class, '
-        f"{n_other} one of another class.</p>",
-        _img("tiou.png", "histogram of the tIoU of matched detections"),
+        f'<p class="muted">Under the same one-to-one matching: {n_same} detections match a '
+        f"ground truth of their class, {n_other} one of another class.</p>",
+        _img("tiou.png", "histogram of the tIoU of matched detections", images),
+    ]
+
+
+def render_page(
+    ctx: PageContext | str,
+    metrics: dict[str, Any],
+    classes: Sequence[str],
+    summary: MatchSummary,
+    videos: Sequence[dict[str, Any]],
+    images: Mapping[str, bytes] | None = None,
+) -> str:
+    """The HTML of the report. `videos`: dicts with id, image, num_gt, num_pred, matched.
+    `images`: PNG bytes by file name, embedded as data URIs; None links the files instead."""
+    ctx = ctx if isinstance(ctx, PageContext) else PageContext(ctx)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(ctx.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(ctx.title)}</h1>",
+        *_headline(metrics, len(videos)),
+        *_run_facts(ctx),
+        "<h2>Training</h2>",
+        _img("curves.png", "training losses and val metrics per epoch", images),
+        *_matching_sections(metrics, classes, summary, images),
         f"<h2>Timelines ({_e(_plural(len(videos), 'video'))})</h2>",
         '<p class="muted">One lane per class: ground truth as grey boxes (upper half), detections '
         "coloured by score (lower half).</p>",
@@ -314,13 +388,13 @@ def render_page(
     for v in videos:
         parts.append(
             '<figure class="video">'
-            + _img(v["image"], f"timeline of {v['id']}")
+            + _img(v["image"], f"timeline of {v['id']}", images)
             + f"<figcaption>{_e(v['id'])}: {_e(_plural(v['num_gt'], 'ground truth'))}, "
             f"{_e(_plural(v['num_pred'], 'detection'))}, {_e(v['matched'])} matching a ground "
-            "truth of their class</figcaption></figure>"
+            "truth of their class one to one</figcaption></figure>"
         )
     if not videos:
-        parts.append(f'<p class="muted">The subset has no videos ({C} classes).</p>')
+        parts.append(f'<p class="muted">The subset has no videos ({len(classes)} classes).</p>')
     parts += [f"<script>{SCRIPT}</script>", "</body></html>", ""]
     return "\n".join(parts)
 
@@ -329,18 +403,20 @@ def render_page(
 
 
 def write_report(
-    run: Path, subset: str = "test", out: Path | None = None, progress: bool = True
+    run: Path, subset: str = "test", out: Path | None = None, progress: bool = True,
+    linked: bool = False,
 ) -> Path:
     """Write the HTML report of an evaluated run and its PNGs; returns the index.html path.
 
-    `out` defaults to runs/NAME/report. Raises ReportError when the run has not been evaluated on
-    `subset` (or its outputs disagree), and MissingMatplotlib without the `report` extra.
+    `out` defaults to runs/NAME/report. The page embeds the PNGs unless `linked`. Raises
+    ReportError when the run has not been evaluated on `subset` (or its outputs disagree), and
+    MissingMatplotlib without the `report` extra.
     """
     from detect.apps import plots
 
     run = Path(run)
     plots.require_matplotlib()  # before anything is read or written
-    metrics, ann, preds, rows = _load_inputs(run, subset)
+    metrics, ann, preds, rows, info = _load_inputs(run, subset)
     out = Path(out) if out is not None else run / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob(TIMELINE_GLOB):  # a previous report may have had more videos
@@ -353,8 +429,33 @@ def write_report(
     plots.plot_confusion(summary.confusion, ann.classes, out / "confusion.png")
     plots.plot_tiou_histogram(summary.tiou[summary.same_class], summary.tiou[~summary.same_class],
                               match_iou, out / "tiou.png")
+    videos = _timelines(preds, ann.subset(subset), ann.classes, metrics, out, progress)
 
-    sub = ann.subset(subset)
+    names = ["curves.png", "confusion.png", "tiou.png", *(v["image"] for v in videos)]
+    images = None if linked else {n: (out / n).read_bytes() for n in names}
+    cfg, _ = read_run(run)
+    ctx = PageContext(f"mgdet report: {run.resolve().name}", features_provenance(info),
+                      cfg.name, _code_version(info), random_weights_warning(info))
+    page = render_page(ctx, metrics, ann.classes, summary, videos, images)
+    index = out / INDEX
+    atomic_write_bytes(index, page.encode("utf-8"))
+    return index
+
+
+def _code_version(info: dict[str, Any]) -> str:
+    """The mgdet version and git commit that trained the run (run.json's versions)."""
+    v = info.get("versions") or {}
+    pkg = (v.get("packages") or {}).get("mgdet")
+    commit = v.get("git_commit")
+    parts = [f"mgdet {pkg}" if pkg else "", f"commit {str(commit)[:12]}" if commit else ""]
+    return ", ".join(p for p in parts if p) or "-"
+
+
+def _timelines(preds: dict[str, Detections], sub: Annotations, classes: list[str],
+               metrics: dict[str, Any], out: Path, progress: bool) -> list[dict[str, Any]]:
+    """One timeline PNG per video of the subset; the page's facts about each."""
+    from detect.apps import plots
+
     all_scores = [d.score for v, d in preds.items() if v in sub.videos]
     # The colours span the scores on the page: from the threshold (or the lowest score) to 1.
     scores = [float(s.min()) for s in all_scores if s.size]
@@ -366,16 +467,11 @@ def write_report(
         g = sub.videos[vid]
         d = preds.get(vid, Detections.empty())
         name = f"timeline-{i:04d}.png"
-        plots.plot_timeline(g.segments, g.labels, d, ann.classes, g.duration, out / name,
+        plots.plot_timeline(g.segments, g.labels, d, classes, g.duration, out / name,
                             title=vid, norm=norm)
-        j, _ = match_any_class(d, g.segments, g.labels, match_iou)
+        j, _ = match_one_to_one(d, g.segments, g.labels, float(metrics["match_iou"]))
         hit = j >= 0
         same = int((d.label[hit] == g.labels[j[hit]]).sum())
         videos.append({"id": vid, "image": name, "num_gt": len(g), "num_pred": len(d),
                        "matched": same})
-
-    page = render_page(f"mgdet report: {run.resolve().name}", metrics, ann.classes, summary,
-                       videos)
-    index = out / INDEX
-    atomic_write_bytes(index, page.encode("utf-8"))
-    return index
+    return videos

@@ -7,13 +7,14 @@ SOURCE is a video file, a camera (`/dev/video0`, through FFmpeg's v4l2) or any U
   frames as they arrive, with the run's extraction settings and weights; the features equal the
   feature set's (tests/test_stream.py) and memory does not grow with the stream.
 - Stage two runs windows of `--window` steps every `--hop` steps (`detect/inference/online.py`); a
-  detection is written once it is final (no later window can change it) and never revised.
+  detection is written once it is final (no later window can change it) and never revised. The
+  default hop is offline evaluation's, window x (1 - the run's data.eval_overlap), so a file
+  streamed gives the detections `predict` and `eval` give; a smaller `--hop` emits sooner, with
+  other (more overlapping) windows and so possibly other detections.
 - Output: one JSON line per detection on stdout and in `--out` (default
-  RUN/stream/<source>-<UTC time>.jsonl): class, label, start, end, score (seconds of video
-  time), emitted_at (seconds since the first frame arrived, wall clock: on a live or paced
-  source, emitted_at - end is the delay a viewer sees) and source_time (video time received
-  when it was emitted). Next to it, `<same name>.json` records the run, source, settings,
-  versions, outcome and latency figures.
+  RUN/stream/<source>-<UTC time>.jsonl): class, label, start, end, score, emitted_at,
+  source_time (FIELDS below). Next to it, `<same name>.json` records the run, source, settings,
+  versions, outcome and latency figures, among them real_time_factor.
 
 Exit codes:
   0    the source ended; everything was final and written
@@ -21,6 +22,15 @@ Exit codes:
   3    the source could not be opened or sent no frame
   4    the source failed mid-stream: detections up to the failure are final and written
   130  interrupted (Ctrl-C): what was final is written, nothing after it
+
+FIELDS (all times in seconds):
+  start, end         the gesture, in video time: 0 is the source's first frame
+  emitted_at         wall-clock time since the first frame arrived when the line was written;
+                     on a live or --realtime source, emitted_at - end is the delay a viewer sees
+  source_time        video time received when the line was written (frames so far / fps);
+                     source_time - end is the delay in video time, whatever the speed
+  real_time_factor   (run record) wall-clock seconds of the stream / seconds of video: below 1
+                     keeps up with a live source, above 1 falls behind it
 
 Latency: a detection ending at t is final once the window starting after t - hop has run, i.e.
 about W - hop steps later, plus stage one's chunk and halo (`--chunk-frames` + 18 frames).
@@ -43,6 +53,7 @@ import torch
 from tqdm import tqdm
 
 from detect.apps.predict import RunFeatures, backbone_for, run_features
+from detect.data.windows import window_step
 from detect.inference.detections import Detections
 from detect.inference.online import OnlineDetector, WindowSettings
 from detect.inference.predictor import load_run_model
@@ -62,7 +73,8 @@ EXIT_INTERRUPTED = 130
 
 @dataclass
 class StreamOptions:
-    """window / hop in feature steps (default: the run's window, hop = window // 4);
+    """window / hop in feature steps (default: the run's window, and offline evaluation's hop,
+    window x (1 - data.eval_overlap));
     chunk_frames: stage one's core frames per chunk (lower: less latency, more halo overhead);
     threshold: default the run's."""
 
@@ -85,6 +97,7 @@ class StreamResult:
     latency: list[float] = field(default_factory=list)  # emitted_at - end, per detection
     source_latency: list[float] = field(default_factory=list)  # source_time - end
     stage_two: list[tuple[int, float]] = field(default_factory=list)  # (windows, s) per call
+    windows: str = ""  # which windows ran, against offline evaluation's
 
 
 def paced(chunks: Iterable[torch.Tensor], fps: float,
@@ -166,7 +179,7 @@ def _prepare(run: Path, opts: StreamOptions) -> _Setup:
     features = run_features(run, info)
     ecfg, backbone = backbone_for(features)
     window = opts.window or cfg.data.window
-    hop = opts.hop or max(1, window // 4)
+    hop = opts.hop or window_step(window, cfg.data.eval_overlap)
     try:
         settings = WindowSettings(window, hop, ecfg.stride, ecfg.fps)
         extractor = ChunkedExtractor(backbone, ecfg.stride, device,
@@ -242,6 +255,17 @@ def _pump(s: _Setup, frames_src: FrameStream, frames: _Frames, online: OnlineDet
                           "then are written, later ones are not")
 
 
+def windows_note(settings: WindowSettings, eval_overlap: float) -> str:
+    """Which windows ran, and whether they are offline evaluation's (then the detections equal
+    `predict`'s and `eval`'s on the same file)."""
+    offline = window_step(settings.window, eval_overlap)
+    note = f"windows of {settings.window} steps every {settings.hop}"
+    if settings.hop == offline:
+        return note + ", as offline evaluation"
+    return (note + f"; offline evaluation (predict, eval) hops {offline}, so its detections may "
+            f"differ (--hop {offline} gives the same)")
+
+
 def _closing_record(result: StreamResult, fps: float) -> dict[str, Any]:
     """What the run record adds once the stream is over."""
     video_s = result.frames / fps
@@ -284,10 +308,11 @@ def stream(source: str, run: Path, out: Path | None = None,
     atomic_write_json(record_path, record)
 
     ecfg, cfg = s.ecfg, s.cfg
+    result = StreamResult(1, "stopped by an unexpected error (see the traceback)", out,
+                          windows=windows_note(s.online_settings, cfg.data.eval_overlap))
     decode = DecodeSettings(ecfg.fps, ecfg.short_side, ecfg.crop)
     frames_src = FrameStream(source, decode, chunk=ecfg.stride, track_pts=False)
     frames = _Frames(paced(frames_src, ecfg.fps) if opts.realtime else frames_src)
-    result = StreamResult(1, "stopped by an unexpected error (see the traceback)", out)
     online = OnlineDetector(s.model, s.online_settings, cfg.eval.nms_iou, s.threshold,
                             focal=cfg.loss.focal, device=s.device,
                             on_window=lambda n, sec: result.stage_two.append((n, sec)),

@@ -43,6 +43,12 @@ from extract.cache import CacheError, FeatureSet, read_frames, read_frames_info,
 from extract.config import ConfigError
 
 
+def window_step(window: int, overlap: float) -> int:
+    """Steps between the starts of consecutive windows of `window` steps overlapping by
+    `overlap` (at least 1): offline evaluation's hop, and `detect stream`'s default one."""
+    return max(1, int(round(window * (1.0 - overlap))))
+
+
 def plan_windows(num_steps: int, window: int, overlap: float, tail: bool = True) -> list[int]:
     """Start positions of windows of `window` steps over a sequence of `num_steps` steps.
 
@@ -58,7 +64,7 @@ def plan_windows(num_steps: int, window: int, overlap: float, tail: bool = True)
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     if num_steps <= window:
         return [0]
-    step = max(1, int(round(window * (1.0 - overlap))))
+    step = window_step(window, overlap)
     starts = list(range(0, num_steps - window + 1, step))
     if tail and starts[-1] != num_steps - window:
         starts.append(num_steps - window)

@@ -148,23 +148,28 @@ def f1_miga(
     }
 
 
-def _greedy_match(iou: np.ndarray, thr: float, inclusive: bool) -> np.ndarray:
+def greedy_assign(iou: np.ndarray, thr: float, inclusive: bool = False) -> np.ndarray:
     """One-to-one greedy matching; rows of `iou` (n, m) are predictions by descending score.
 
     Each prediction takes the unmatched GT with the highest tIoU (ties: lowest index) when it
-    passes the threshold. Returns (n,) bool: prediction matched. Only predictions with some
-    passing tIoU enter the Python loop.
+    passes the threshold. Returns (n,) int64: the GT each prediction took, -1 for none. Only
+    predictions with some passing tIoU enter the Python loop.
     """
     ok = iou >= thr if inclusive else iou > thr
-    tp = np.zeros(iou.shape[0], bool)
+    got = np.full(iou.shape[0], -1, np.int64)
     taken = np.zeros(iou.shape[1], bool)
     for i in np.flatnonzero(ok.any(axis=1)):
         cand = np.where(ok[i] & ~taken, iou[i], -np.inf)
         j = int(np.argmax(cand))
         if cand[j] > -np.inf:
             taken[j] = True
-            tp[i] = True
-    return tp
+            got[i] = j
+    return got
+
+
+def _greedy_match(iou: np.ndarray, thr: float, inclusive: bool) -> np.ndarray:
+    """(n,) bool: prediction matched by `greedy_assign`."""
+    return greedy_assign(iou, thr, inclusive) >= 0
 
 
 def _by_score(d: Detections) -> np.ndarray:

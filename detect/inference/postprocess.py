@@ -35,8 +35,10 @@ def decode_windows(
     logits: (B, Nq, C+1), the last logit being "no gesture"; scores are the softmax over all C+1
     (or, with `focal`, the sigmoid of the first C). segments: (B, Nq, 2) normalised (start, end)
     window time. meta: B tuples (video_id, start, valid). Each query gives its `top_k` best
-    foreground classes. A segment is ordered, clamped to [0, valid/W] (padding holds no video)
-    and mapped to seconds as (start + u*W) * stride / fps.
+    foreground classes. A segment is ordered, clipped to the window's valid part [0, valid/W]
+    (padding holds no video) and mapped to seconds as (start + u*W) * stride / fps. A segment with
+    no length left after clipping (wholly in the padding or before the window, or zero-length to
+    begin with) is dropped: it cannot match any ground truth and would only add false positives.
 
     dense_logits (B, W, C), with dense_fusion = a in (0, 1]: a query's score p for class c becomes
     p^(1 - a) * d^a, d the mean dense-head probability sigmoid(dense_logits[..., c]) over the
@@ -76,6 +78,7 @@ def decode_windows(
     sec = stride / fps
     start_s = (base + lo * window) * sec  # (B, Nq)
     end_s = (base + hi * window) * sec
+    kept = np.repeat(hi > lo, k, axis=-1)  # (B, Nq*k), in the order of labels[b].reshape(-1)
     out: dict[str, list[Detections]] = {}
     for b, (vid, _, _) in enumerate(meta):
         out.setdefault(vid, []).append(
@@ -84,7 +87,7 @@ def decode_windows(
                 np.repeat(end_s[b], k),
                 labels[b].reshape(-1),
                 scores[b].reshape(-1),
-            )
+            ).take(kept[b])
         )
     return out
 
