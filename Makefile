@@ -69,6 +69,8 @@ help: ## list the targets and their variables
 	@echo "  CONFIGS=$(CONFIGS)  folder of configs (ablate); ABLATE_OUT=runs/ablate-<folder>"
 	@echo "  ABLATE_ARGS=  extra options, e.g. --baselines probe or --set train.epochs=10 (ablate)"
 	@echo "  VIDEO=  video file(s) or folder (predict)"
+	@echo "  SOURCE=  video file, /dev/video0 or a URL FFmpeg opens (stream)"
+	@echo "  STREAM_ARGS=  extra options, e.g. \"--realtime --hop 8\" (stream)"
 	@echo "  TRAIN_ARGS=  extra options, e.g. --set train.epochs=10 or --resume (train)"
 	@echo "  DEMO_ARGS=  extra options for python -m detect demo, e.g. --videos 4 (demo)"
 	@echo "  CLS_DATA=$(CLS_DATA)  iMiGUE root: labels and OpenPose skeletons (demo-cls, train-cls)"

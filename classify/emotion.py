@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from classify.config import EmotionConfig
 from classify.data.clips import Clip, ClipIndex
@@ -34,6 +33,7 @@ from classify.tokens.rgb import clip_frame_indices
 from classify.train.fusion import run_heads
 from extract.cache import FeatureSet
 from extract.io import atomic_write_bytes
+from extract.progress import ProgressBar
 
 HEADS = {"face": ("face",), "context": ("context",), "interfusion": ("face", "context")}
 
@@ -49,7 +49,7 @@ def extract_face_tokens(index: ClipIndex, keypoints: dict[str, np.ndarray], root
 
     @torch.inference_mode()
     def embed(vid: str, clips: list[Clip], idx: list[np.ndarray], frames: dict[int, np.ndarray],
-              bar: tqdm) -> np.ndarray:
+              bar: ProgressBar) -> np.ndarray:
         kp = keypoints.get(vid)
         if kp is None:
             raise ValueError(f"video {vid}: no skeleton, so no face boxes")
@@ -91,14 +91,12 @@ def run_emotion(cfg: EmotionConfig, index: ClipIndex, train_clips: list[Clip],
         raise ValueError(f"{len(tr)} training and {len(te)} test clips have face and context "
                          "tokens and a win/lose label; both are needed for emotion")
 
-    def tokens(clips: list[Clip]) -> dict[str, np.ndarray]:
-        return {"face": np.stack([face[c.key] for c in clips]),
-                "context": np.stack([rgb[c.key] for c in clips])}
-
     win = np.array([int(index.outcomes[c.video] == "win") for c in tr])
-    scores = run_heads(cfg.fusion, HEADS, tokens(tr), win, tokens(te), 2, Path(out) / "emotion",
-                       device, cfg.seed, progress)
-    per_video = {h: video_scores(te, s[:, 1]) for h, s in scores.items()}
+    scores = run_heads(cfg.fusion, HEADS, emotion_tokens(face, rgb, tr), win,
+                       emotion_tokens(face, rgb, te), 2, Path(out) / "emotion", device, cfg.seed,
+                       progress)
+    per_video = write_emotion_predictions(Path(out) / "emotion_predictions.csv", te, scores,
+                                          index.outcomes)
     videos = list(per_video["interfusion"])
     truth = np.array([int(index.outcomes[v] == "win") for v in videos])
     report: dict = {}
@@ -107,10 +105,25 @@ def run_emotion(cfg: EmotionConfig, index: ClipIndex, train_clips: list[Clip],
         clip_truth = np.array([int(index.outcomes[c.video] == "win") for c in te])
         report[h]["clip_accuracy"] = float(((scores[h][:, 1] >= 0.5) == clip_truth).mean())
     report["face_featureset"] = str(fs.path)
+    return report
+
+
+def emotion_tokens(face: dict[str, np.ndarray], rgb: dict[str, np.ndarray],
+                   clips: list[Clip]) -> dict[str, np.ndarray]:
+    """The emotion heads' inputs of `clips`: face and context (MViT) tokens, by clip key."""
+    return {"face": np.stack([face[c.key] for c in clips]),
+            "context": np.stack([rgb[c.key] for c in clips])}
+
+
+def write_emotion_predictions(path: Path, clips: list[Clip], scores: dict[str, np.ndarray],
+                              outcomes: dict[str, str]) -> dict[str, dict[str, float]]:
+    """`emotion_predictions.csv`: per video of `clips`, its outcome ("" when not known) and the
+    mean p(win) over its clips of every head; returns {head: {video: p(win)}}."""
+    per_video = {h: video_scores(clips, s[:, 1]) for h, s in scores.items()}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["video", "outcome", *[f"p_win_{h}" for h in per_video]])
-    for v in videos:
-        w.writerow([v, index.outcomes[v], *[f"{per_video[h][v]:.4f}" for h in per_video]])
-    atomic_write_bytes(Path(out) / "emotion_predictions.csv", buf.getvalue().encode())
-    return report
+    for v in sorted({c.video for c in clips}):
+        w.writerow([v, outcomes.get(v, ""), *[f"{per_video[h][v]:.4f}" for h in per_video]])
+    atomic_write_bytes(Path(path), buf.getvalue().encode())
+    return per_video

@@ -17,20 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from classify.data.clips import Clip, ClipIndex
+from classify.data.clips import UNLABELLED, Clip, ClipIndex
 from classify.metrics import ranked
 from extract.io import atomic_write_bytes, atomic_write_json
 
 
 def write_predictions(path: Path, clips: list[Clip], scores: np.ndarray,
                        classes: tuple[str, ...]) -> None:
+    """One row per clip; class ids from 1; `label` and `class` empty for an unlabelled clip."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["video", "row", "start_frame", "end_frame", "label", "class", "pred",
                 "pred_class", "top5", "score"])
     order = ranked(scores)
     for c, rank, s in zip(clips, order, scores, strict=True):
-        w.writerow([c.video, c.row, c.start, c.end, c.label + 1, classes[c.label],
+        truth = ["", ""] if c.label == UNLABELLED else [c.label + 1, classes[c.label]]
+        w.writerow([c.video, c.row, c.start, c.end, *truth,
                     rank[0] + 1, classes[rank[0]], " ".join(str(r + 1) for r in rank[:5]),
                     f"{s[rank[0]]:.4f}"])
     atomic_write_bytes(path, buf.getvalue().encode())

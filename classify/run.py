@@ -32,6 +32,9 @@ from extract.io import RunError, atomic_write_bytes, atomic_write_json
 from extract.provenance import versions
 from extract.runtime import resolve_device
 
+# The fusion heads of a run with RGB, each trained in RUN/fusion/<head>/; the final is "token".
+FUSION_HEADS = {"rgb": ("rgb",), "skeleton": ("skeleton",), "token": ("rgb", "skeleton")}
+
 
 def run_classify(cfg: ClassifyConfig, data_root: Path, cache: Path, out: Path,
                  progress: bool = True, index: ClipIndex | None = None) -> dict:
@@ -129,13 +132,10 @@ def _rgb_fusion(cfg: ClassifyConfig, index: ClipIndex, train_clips: list[Clip],
                        "are needed for the fusion")
 
     def tokens(clips: list[Clip]) -> dict[str, np.ndarray]:
-        return {"rgb": np.stack([rgb[c.key] for c in clips]),
-                "skeleton": skeleton_tokens(models, clips, skel.keypoints, cfg.data.frames,
-                                            device)}
+        return fusion_tokens(rgb, models, clips, skel.keypoints, cfg.data.frames, device)
 
     t0 = time.perf_counter()
-    heads = {"rgb": ("rgb",), "skeleton": ("skeleton",), "token": ("rgb", "skeleton")}
-    scores = run_heads(cfg.fusion, heads, tokens(tr), np.array([c.label for c in tr]),
+    scores = run_heads(cfg.fusion, FUSION_HEADS, tokens(tr), np.array([c.label for c in tr]),
                        tokens(te), len(index.classes), out / "fusion", device, cfg.train.seed,
                        progress)
     labels = np.array([c.label for c in te])
@@ -144,3 +144,12 @@ def _rgb_fusion(cfg: ClassifyConfig, index: ClipIndex, train_clips: list[Clip],
     fusion["rgb_featureset"] = str(fs.path)
     fusion["minutes"] = (time.perf_counter() - t0) / 60
     return fusion, te, scores["token"], rgb
+
+
+def fusion_tokens(rgb: dict[str, np.ndarray], models: dict[str, AGCN], clips: list[Clip],
+                  keypoints: dict[str, np.ndarray], frames: int,
+                  device: torch.device) -> dict[str, np.ndarray]:
+    """The fusion heads' inputs of `clips`: their RGB tokens (from `rgb`, by clip key) and the
+    trained streams' skeleton tokens."""
+    return {"rgb": np.stack([rgb[c.key] for c in clips]),
+            "skeleton": skeleton_tokens(models, clips, keypoints, frames, device)}

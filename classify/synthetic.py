@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from classify.data.openpose import NUM_KEYPOINTS, write_openpose_dir
 from detect.data.converters.imigue import DEFAULT_TRAIN_SUBJECTS, FPS, ORIGINAL_COLUMNS
 from detect.synthetic.videos import GESTURES, PlannedGesture, check_size, render_video
 from extract.io import atomic_write_bytes, atomic_write_json
+from extract.progress import progress as progress_bar
 
 # Drawn gesture -> iMiGUE file class (1-31, 99 illustrative).
 CLASS_MAP: dict[str, int] = {
@@ -185,7 +185,7 @@ def render_imigue(out: Path, videos: int = 16, minutes: float = 0.75, seed: int 
     num_frames = int(round(minutes * 60 * FPS))
     subjects = subjects_for(videos)
     rows, made = [], []
-    bar = tqdm(total=videos * num_frames, unit="frame", desc="render", disable=not progress)
+    bar = progress_bar(total=videos * num_frames, unit="frame", desc="render", enabled=progress)
     with bar:
         for i in range(1, videos + 1):
             vid = f"{i:04d}"

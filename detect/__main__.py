@@ -11,7 +11,10 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# rich_markup_mode=None: click's plain help, which wraps at any width (rich's panels cut option
+# names and texts short on an 80-column terminal).
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__,
+                  rich_markup_mode=None)
 
 SetOpt = typer.Option(None, "--set", help="override a config key: section.key=value (repeatable)")
 
@@ -39,7 +42,8 @@ def train(
 @app.command("eval")
 def eval_(
     run: Path = typer.Argument(..., help="run directory"),
-    subset: str = typer.Option("test", "--subset"),
+    subset: str = typer.Option("test", "--subset", help="train, val or test (choose configs on "
+                               "val; report test once)"),
 ) -> None:
     """Predict on a subset with the best checkpoint; write predictions, MiGA CSVs, metrics."""
     from detect.evaluation.evaluate import evaluate_run
@@ -52,7 +56,9 @@ def predict(
     videos: list[Path] = typer.Argument(..., help="video files or folders"),
     run: Path = typer.Option(..., "--run", help="a trained run directory"),
     out: Optional[Path] = typer.Option(None, "--out", help="default: RUN/predict"),  # noqa: UP045
-    dataset: str = typer.Option("", "--dataset", help="smg: Sample0001_color.mp4 -> Sample0001"),
+    dataset: str = typer.Option(
+        "", "--dataset", help="smg: name videos as SMG's labels do (Sample0001_color.mp4 -> "
+        "Sample0001); by default a video is named by its file stem"),
     eval_overlap: Optional[float] = typer.Option(  # noqa: UP045
         None, "--eval-overlap", help="window overlap (default: the run's data.eval_overlap; "
         "1 - hop/window gives `stream --hop`'s windows)"),
@@ -144,9 +150,10 @@ def _warn_if_random(run: Path) -> None:
 
 @app.command()
 def score(
-    predictions: Path = typer.Option(..., "--predictions"),
-    annotations: Path = typer.Option(..., "--annotations"),
-    subset: str = typer.Option("test", "--subset"),
+    predictions: Path = typer.Option(..., "--predictions", help="predictions JSON "
+                                     "({\"results\": {video: [{segment, label_id, score}]}})"),
+    annotations: Path = typer.Option(..., "--annotations", help="canonical annotations.json"),
+    subset: str = typer.Option("test", "--subset", help="train, val or test"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the metrics as JSON"),  # noqa: UP045
 ) -> None:
     """Score a predictions JSON against annotations (MiGA F1, strict F1, mAP)."""
@@ -158,11 +165,11 @@ def score(
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out"),
-    videos: int = typer.Option(40, "--videos"),
+    out: Path = typer.Option(..., "--out", help="folder for annotations.json and features/"),
+    videos: int = typer.Option(40, "--videos", help="number of videos"),
     classes: Optional[int] = typer.Option(  # noqa: UP045
         None, "--classes", help="basic profile: number of classes (default 8); smg has 17"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="generator seed (same seed, same set)"),
     noise: float = typer.Option(1.0, "--noise", help="0 gives a clean, easy set"),
     profile: str = typer.Option(
         "basic", "--profile",
@@ -189,7 +196,7 @@ def baseline(
     features: Path = typer.Option(..., "--features", help="feature set folder ROOT/<key>"),
     annotations: Path = typer.Option(..., "--annotations", help="canonical annotations.json"),
     out: Path = typer.Option(..., "--out", help="output folder (metrics.json, predictions.json)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seed of the baseline's training"),
 ) -> None:
     """Fit a baseline on `train`, tune its threshold on `val`, score `test` like `eval`."""
     from detect.evaluation.metrics import format_table
@@ -228,16 +235,16 @@ def ablate(
 
 @app.command()
 def demo(
-    data: Path = typer.Option(Path("data/synthetic"), "--data"),
-    cache: Path = typer.Option(Path("cache"), "--cache"),
-    run: Path = typer.Option(Path("runs/demo"), "--run"),
-    config: Path = typer.Option(Path("configs/demo.toml"), "--config"),
-    videos: int = typer.Option(12, "--videos"),
-    minutes: float = typer.Option(2.0, "--minutes"),
-    classes: int = typer.Option(8, "--classes"),
+    data: Path = typer.Option(Path("data/synthetic"), "--data", help="rendered videos go here"),
+    cache: Path = typer.Option(Path("cache"), "--cache", help="feature cache root"),
+    run: Path = typer.Option(Path("runs/demo"), "--run", help="run directory"),
+    config: Path = typer.Option(Path("configs/demo.toml"), "--config", help="detector config"),
+    videos: int = typer.Option(12, "--videos", help="number of videos to render"),
+    minutes: float = typer.Option(2.0, "--minutes", help="length of each video"),
+    classes: int = typer.Option(8, "--classes", help="number of gesture classes"),
     crop: int = typer.Option(112, "--crop", help="I3D input crop (and short side)"),
     weights: str = typer.Option("", "--weights", help="default: kinetics if cached, else random"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     set_: Optional[list[str]] = SetOpt,  # noqa: UP007, UP045
 ) -> None:
     """Render a synthetic set, extract features, train a small detector, evaluate on test."""

@@ -5,7 +5,7 @@
     runs/NAME/metrics.csv          one row per epoch: losses, val metrics, lr, time
     runs/NAME/checkpoints/last.pt  written atomically every epoch (resume point)
     runs/NAME/checkpoints/best.pt  best epoch on `val`, with the tuned score threshold
-    runs/NAME/predictions.json, metrics.json, submission/<video>.csv   written by `eval`
+    runs/NAME/predictions.json, metrics.json, submission/<video>_prediction.csv   by `eval`
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# rich_markup_mode=None: click's plain help, which wraps at any width (rich's panels cut option
+# names and texts short on an 80-column terminal).
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Stage one: decode videos at 10 fps and cache I3D features in HDF5.")
 
 

@@ -49,6 +49,8 @@ from extract.i3d import (
     default_chunk_frames,
 )
 from extract.io import atomic_write_json, file_lock, try_lock
+from extract.progress import ProgressBar
+from extract.progress import progress as progress_bar
 from extract.provenance import mgdet_version, versions
 from extract.runtime import dist_rank, resolve_device
 from extract.weights import Weights
@@ -231,7 +233,7 @@ def remove_stale_temps_if_free(fs: FeatureSet, video_id: str) -> None:
 
 
 def _extract_locked(extractor: Extractor, fs: FeatureSet, vid: str, path: Path,
-                    stream: FrameStream, bar_frames: tqdm, summary: RunSummary) -> None:
+                    stream: FrameStream, bar_frames: ProgressBar, summary: RunSummary) -> None:
     """Extract one video while holding its lock: a temp file left now is a killed run's, and a
     video another run finished while this one waited is skipped."""
     remove_stale_temps(fs, [vid])
@@ -300,7 +302,7 @@ class Extractor:
         raise RuntimeError("frames decoded before a writer was attached")
 
     def extract(self, fs: FeatureSet, video_id: str, path: Path, stream: FrameStream,
-                bar: tqdm | None = None) -> FeatureMeta:
+                bar: ProgressBar | None = None) -> FeatureMeta:
         """Run one video and write its file atomically; raises DecodeError on bad input."""
         with VideoWriter(fs.video_path(video_id), frames_short_side=self.frames) as writer:
             if self.frames is not None:
@@ -308,7 +310,7 @@ class Extractor:
             return self._extract(writer, video_id, path, stream, bar)
 
     def _extract(self, writer: VideoWriter, video_id: str, path: Path, stream: FrameStream,
-                 bar: tqdm | None) -> FeatureMeta:
+                 bar: ProgressBar | None) -> FeatureMeta:
         stamp = _source_stamp(path) if path.is_file() else {}
         step = (lambda n: bar.update(n)) if bar is not None else None
         try:
@@ -373,9 +375,11 @@ def run_extraction(
         else:
             todo.append((vid, path))
 
-    bar_videos = tqdm(total=len(todo), desc=f"videos (rank {rank})" if world > 1 else "videos",
-                      unit="video", disable=not progress, position=0)
-    bar_frames = tqdm(desc="frames", unit="frame", disable=not progress, position=1, leave=False)
+    bar_videos = progress_bar(total=len(todo), unit="video", enabled=progress, position=0,
+                              desc=f"videos (rank {rank})" if world > 1 else "videos",
+                              log_every_s=0)
+    bar_frames = progress_bar(desc="frames", unit="frame", enabled=progress, position=1,
+                              leave=False, log_every_s=None)
     streams: dict[int, FrameStream] = {}
     try:
         for i, (vid, path) in enumerate(todo):
@@ -463,7 +467,7 @@ def inspect_featureset(path: Path, progress: bool = True) -> FeatureSetReport:
     fs = FeatureSet.open(path)
     report = FeatureSetReport(fs=fs)
     layers = fs.settings.get("layers", ["res5"])
-    for vid in tqdm(fs.video_ids(), desc="checking", unit="video", disable=not progress):
+    for vid in progress_bar(fs.video_ids(), desc="checking", unit="video", enabled=progress):
         p = fs.video_path(vid)
         try:
             v = read_video(p, with_res4="res4" in layers)

@@ -78,6 +78,12 @@ def test_shipped_configs_load():
         load_config(f)
     for f in classifier:
         load_classify_config(f)
+    # The published classification setting ships as a config (issue 28).
+    pub = load_classify_config("configs/classify/published.toml")
+    assert (pub.rgb.enabled, pub.rgb.weights, pub.rgb.frames, pub.rgb.size) == (
+        True, "kinetics", 16, 224)
+    # No shipped config pins CPU threads: they follow the machine unless a user sets them.
+    assert all(load_classify_config(f).train.threads == 0 for f in classifier)
 
 
 def test_a_bad_set_is_blamed_not_the_file(tmp_path):

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -250,7 +251,7 @@ def test_two_ranks_give_the_same_feature_set_as_one_process(tmp_path, videos):
     # The ranks run at the same time, racing each other on failures.json.
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node",
            "2", "-m", "extract", "features", *map(str, inputs), "--out", str(tmp_path / "two"),
-           *TINY_ARGS]
+           *(a for a in TINY_ARGS if a != "--no-progress")]  # progress on: checked as a log
     proc = subprocess.Popen(cmd, cwd=REPO, env=sub_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     threads = torch.get_num_threads()
@@ -263,6 +264,9 @@ def test_two_ranks_give_the_same_feature_set_as_one_process(tmp_path, videos):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err  # the broken video failed on one rank; the rest is done
     assert "broken_video.mp4" in err
+    # A log, not a terminal: one plain line per video, no redraws.
+    assert "\r" not in err and "\x1b[" not in err
+    assert re.search(r"^videos \(rank [01]\): 1/\d+ video \(\d+ s\)$", err, re.M), err
     (one,) = list((tmp_path / "one").iterdir())
     (two,) = list((tmp_path / "two").iterdir())
     assert one.name == two.name

@@ -19,7 +19,7 @@ PACKAGES = ("extract", "detect", "classify")
 LAYERS = {
     "extract": [
         ("extract.io", "extract.runtime", "extract.provenance", "extract.weights",
-         "extract.decode"),
+         "extract.progress", "extract.decode"),
         ("extract.config", "extract.i3d", "extract.cache"),
         ("extract.pipeline",),
         ("extract.__main__", "extract"),
@@ -43,7 +43,7 @@ LAYERS = {
         ("classify.train",),
         ("classify.report",),
         ("classify.emotion",),
-        ("classify.run",),
+        ("classify.run", "classify.predict"),
         ("classify.synthetic",),
         ("classify.__main__", "classify"),
     ],

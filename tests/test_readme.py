@@ -38,6 +38,8 @@ COMMANDS = _readme_commands()
 def _group(module: str):
     if module == "extract":
         from extract.__main__ import app
+    elif module == "classify":
+        from classify.__main__ import app
     else:
         from detect.__main__ import app
     return typer.main.get_command(app)
@@ -67,7 +69,7 @@ def _check_bench(module: str, words: list[str], line: str) -> None:
 def _check_python_m(module: str, words: list[str], line: str) -> None:
     if module.startswith("bench."):
         return _check_bench(module, words, line)
-    assert module in ("extract", "detect"), line
+    assert module in ("extract", "detect", "classify"), line
     cmd, rest = _click_command(module, words)
     known = {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
     shown = {w.split("=")[0] for w in re.findall(r"--[a-z][a-z0-9-]*", " ".join(rest))}
@@ -125,3 +127,51 @@ def test_commands_print_no_torch_jit_warning(tmp_path):
     assert r.returncode == 2 and "no such file or folder" in r.stderr, r.stderr
     assert "Warning" not in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _all_commands():
+    """(module, words, click command) of every command of the three CLIs."""
+    out = []
+    for module in ("extract", "detect", "classify"):
+        stack = [([], _group(module))]
+        while stack:
+            words, cmd = stack.pop()
+            if hasattr(cmd, "commands"):
+                stack += [([*words, n], c) for n, c in cmd.commands.items()]
+            else:
+                out.append((module, words, cmd))
+    return out
+
+
+def test_every_option_has_help_and_help_fits_80_columns():
+    from typer.testing import CliRunner
+
+    commands = _all_commands()
+    assert len(commands) >= 15
+    runner = CliRunner()
+    for module, words, cmd in commands:
+        where = f"python -m {module} {' '.join(words)}"
+        assert cmd.help, f"{where}: no description"
+        for p in cmd.params:
+            if p.name != "help" and p.param_type_name == "option":
+                assert getattr(p, "help", None), f"{where} {p.opts[0]}: no help text"
+        app = {"extract": "extract.__main__", "detect": "detect.__main__",
+               "classify": "classify.__main__"}[module]
+        r = runner.invoke(__import__(app, fromlist=["app"]).app, [*words, "--help"],
+                          terminal_width=80)
+        assert r.exit_code == 0, (where, r.output)
+        long = [ln for ln in r.output.splitlines() if len(ln) > 80]
+        assert not long and "\u2026" not in r.output, (where, long)
+        for p in cmd.params:  # every option name is shown whole
+            for opt in p.opts:
+                assert opt in r.output, (where, opt)
+
+
+def test_make_help_lists_every_variable():
+    makefile = (REPO / "Makefile").read_text()
+    variables = set(re.findall(r"^([A-Z_]+) \?=", makefile, re.M))
+    internal = {"TORCH_VERSION", "TORCHVISION_VERSION", "TORCH_CPU_INDEX", "TORCH_BUILD", "VENV"}
+    out = subprocess.run(["make", "-s", "help"], cwd=REPO, text=True, capture_output=True,
+                         check=True).stdout
+    shown = set(re.findall(r"\b([A-Z_]+)=", out.split("Variables")[1]))
+    assert variables - internal <= shown, sorted(variables - internal - shown)

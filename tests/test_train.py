@@ -128,6 +128,10 @@ def test_two_process_ddp_training_on_cpu(tiny_set, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("best f1_miga on val") == 1  # rank 0 alone reports
+    # A log, not a terminal: one line per epoch, no bar redraws.
+    assert "\r" not in proc.stdout + proc.stderr and "\x1b[" not in proc.stdout + proc.stderr
+    assert [ln.split(":")[0] for ln in proc.stdout.splitlines() if ln.startswith("epoch ")] == [
+        "epoch 1/2", "epoch 2/2"]
     rows = read_metrics_rows(tmp_path / "ddp")  # rank 0 alone writes the run files
     assert [r["epoch"] for r in rows] == ["1", "2"]
     # Each rank trained on its half of the windows.

@@ -11,6 +11,10 @@ A video's skeleton is looked for, in this order, in its folder (`XXXX/`):
 (JSON per frame); then under the root: `Data/skeleton/raw/<id>/` or `skeleton/raw/<id>/` (the raw
 OpenPose folders, `<id>` the number without zero padding, as in the iMiGUE repository) or with the
 padded id.
+
+The clips of one new video to label (`python -m classify predict --clips`) are read by
+`read_clips_csv`: the release's own label file (`class,start,end`) or, without classes, `start,end`
+rows; 0-based inclusive frames, an optional header line; a clip's row is its line number, as here.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from detect.data.converters.common import DatasetError
+from detect.data.converters.common import DatasetError, parse_int, read_csv_rows
 from detect.data.converters.imigue import (
     DEFAULT_IMIGUE_SPLIT,
     IMIGUE_CLASSES,
+    LabelRow,
     find_label_files,
     find_one,
     read_label_csv,
@@ -30,10 +35,13 @@ from detect.data.converters.imigue import (
     video_for,
 )
 
+UNLABELLED = -1  # the label of a clip whose class is not known (a clip to predict)
+
 
 @dataclass(frozen=True)
 class Clip:
-    """One labelled segment: video id, row in its label file, 0-based label, inclusive frames."""
+    """One labelled segment: video id, row in its label file, 0-based label (`UNLABELLED` when
+    not known), inclusive frames."""
 
     video: str
     row: int
@@ -59,6 +67,14 @@ class ClipIndex:
 
     def subset(self, name: str) -> list[Clip]:
         return [c for c in self.clips if c.subset == name]
+
+
+def _clip(video: str, r: LabelRow, subject: int, subset: str) -> Clip:
+    """A label row as a clip; a DatasetError naming file and line when its frames are not one."""
+    if r.end < r.start or r.start < 0:
+        raise DatasetError(f"{r.path}, line {r.lineno}: frames {r.start}..{r.end} are not a "
+                           "clip (negative or end before start)")
+    return Clip(video, r.lineno, r.label_id, r.start, r.end, subject, subset)
 
 
 def find_skeleton(root: Path, vid: str, folder: Path | None) -> Path | None:
@@ -116,10 +132,33 @@ def index_imigue(root: Path, split: str | None = None, labels_csv: Path | None =
         video = video_for(vid, folder) if folder else None
         if video is not None:
             videos[vid] = video
-        for r in rows:
-            if r.end < r.start or r.start < 0:
-                raise DatasetError(f"{r.path}, line {r.lineno}: frames {r.start}..{r.end} are "
-                                   "not a clip (negative or end before start)")
-            clips.append(Clip(vid, r.lineno, r.label_id, r.start, r.end, subjects[vid], subset))
+        clips += [_clip(vid, r, subjects[vid], subset) for r in rows]
     return ClipIndex(root, IMIGUE_CLASSES, clips, dict(original.outcomes) if original else {},
                      skeletons, videos)
+
+
+def read_clips_csv(path: Path, video: str) -> list[Clip]:
+    """The clips of one video to label (see the module docstring): `class,start,end` rows (the
+    release's `XXXX_label.csv`, classes 1-31 or 99) or `start,end` rows (label `UNLABELLED`).
+    A malformed row is a DatasetError naming file and line; subject -1, subset "predict"."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read the clips file ({e})") from e
+    first = next((i for i, line in enumerate(lines, 1) if line.strip()), None)
+    if first is None:
+        raise DatasetError(f"{path}: no clips (rows class,start,end or start,end)")
+    width = len(lines[first - 1].split(","))
+    if width == 3:
+        rows = read_label_csv(path)
+    elif width == 2:
+        rows = [LabelRow(path, n, UNLABELLED, parse_int(path, n, "start frame", a),
+                         parse_int(path, n, "end frame", b))
+                for n, (a, b) in read_csv_rows(path, columns=2)]
+    else:
+        raise DatasetError(f"{path}, line {first}: {width} columns; a clips file has rows "
+                           "class,start,end (the release's XXXX_label.csv) or start,end")
+    if not rows:
+        raise DatasetError(f"{path}: no clips (rows class,start,end or start,end)")
+    return [_clip(video, r, -1, "predict") for r in rows]

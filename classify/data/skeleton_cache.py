@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from classify.data.clips import ClipIndex
 from classify.data.openpose import read_keypoints
 from detect.data.converters.common import DatasetError
 from extract.io import atomic_write_bytes, atomic_write_json
+from extract.progress import progress as progress_bar
 
 
 def _stamp(path: Path) -> dict:
@@ -44,7 +44,7 @@ def load_skeletons(index: ClipIndex, cache: Path, progress: bool = True) -> Skel
     cache.mkdir(parents=True, exist_ok=True)
     out = Skeletons()
     videos = sorted({c.video for c in index.clips})
-    for vid in tqdm(videos, desc="skeletons", unit="video", disable=not progress):
+    for vid in progress_bar(videos, desc="skeletons", unit="video", enabled=progress):
         src = index.skeletons.get(vid)
         if src is None:
             out.failed[vid] = f"{index.root}: no skeleton for video {vid}"

@@ -18,7 +18,6 @@ from pathlib import Path
 import av
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from classify.data.clips import Clip, ClipIndex
 from extract.cache import FeatureSet
@@ -30,10 +29,13 @@ from extract.pipeline import (
     update_failures,
     video_lock_path,
 )
+from extract.progress import ProgressBar
+from extract.progress import progress as progress_bar
 
 # (video id, its clips, each clip's frame numbers, {frame number: (H, W, 3) uint8}, progress bar)
 # -> (N, ...) tokens
-Embed = Callable[[str, list[Clip], list[np.ndarray], dict[int, np.ndarray], tqdm], np.ndarray]
+Embed = Callable[[str, list[Clip], list[np.ndarray], dict[int, np.ndarray], ProgressBar],
+                 np.ndarray]
 
 
 def read_frames_at(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
@@ -103,8 +105,8 @@ def cache_clip_tokens(index: ClipIndex, fs: FeatureSet, sample: Callable[[Clip],
     for vid in set(videos) - set(todo):
         remove_stale_temps_if_free(fs, vid)
     failed: dict[str, str] = {}
-    bar = tqdm(total=sum(len(by_video[v]) for v in todo), desc=desc, unit="clip",
-               disable=not progress)
+    bar = progress_bar(total=sum(len(by_video[v]) for v in todo), desc=desc, unit="clip",
+                       enabled=progress)
     with bar:
         for vid in todo:
             # As stage one: the video's lock while its file is written, so two runs on one
@@ -122,7 +124,8 @@ def cache_clip_tokens(index: ClipIndex, fs: FeatureSet, sample: Callable[[Clip],
 
 
 def _cache_video(index: ClipIndex, fs: FeatureSet, vid: str, clips: list[Clip],
-                 sample: Callable[[Clip], np.ndarray], embed: Embed, bar: tqdm) -> str | None:
+                 sample: Callable[[Clip], np.ndarray], embed: Embed, bar: ProgressBar
+                 ) -> str | None:
     """One video's clip tokens into its file; why it failed, or None."""
     idx = [sample(c) for c in clips]
     try:

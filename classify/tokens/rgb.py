@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from classify.config import RGBConfig
 from classify.data.clips import Clip, ClipIndex
@@ -26,6 +25,7 @@ from classify.model.mvit import build_mvit, mvit_input
 from classify.tokens.cache import cache_clip_tokens, load_clip_tokens
 from extract.cache import FeatureSet
 from extract.decode import resize_crop
+from extract.progress import ProgressBar
 
 
 def clip_frame_indices(clip: Clip, frames: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def extract_rgb_tokens(index: ClipIndex, root: Path, cfg: RGBConfig,
 
     @torch.inference_mode()
     def embed(vid: str, clips: list[Clip], idx: list[np.ndarray], frames: dict[int, np.ndarray],
-              bar: tqdm) -> np.ndarray:
+              bar: ProgressBar) -> np.ndarray:
         out = []
         for b in range(0, len(clips), cfg.batch_size):
             batch = [resize_crop(torch.from_numpy(np.stack([frames[int(i)] for i in ii])),

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from classify.config import FusionConfig
 from classify.data.clips import Clip
@@ -27,6 +26,7 @@ from classify.data.skeleton import clip_input
 from classify.model.agcn import AGCN
 from classify.model.fusion import FusionClassifier
 from extract.io import append_metrics_row, save_checkpoint
+from extract.progress import progress as progress_bar
 from extract.training import data_digest, resume, warmup_cosine
 
 Tokens = dict[str, np.ndarray]  # modality -> (N, N_m, C_m)
@@ -71,8 +71,8 @@ def train_head(cfg: FusionConfig, uses: tuple[str, ...], inputs: Tokens, labels:
     y = torch.from_numpy(labels).to(device)
     steps = math.ceil(len(y) / cfg.batch_size)
     gen = torch.Generator().manual_seed(seed)
-    for epoch in tqdm(range(start, cfg.epochs), desc=f"head {Path(out).name}", unit="epoch",
-                      disable=not progress):
+    for epoch in progress_bar(range(start, cfg.epochs), desc=f"head {Path(out).name}",
+                              unit="epoch", enabled=progress):
         model.train()
         gen.manual_seed(seed * 1000 + epoch)
         order = torch.randperm(len(y), generator=gen).to(device)
@@ -111,12 +111,17 @@ def run_heads(cfg: FusionConfig, heads: dict[str, tuple[str, ...]], train: Token
               device: torch.device, seed: int = 0, progress: bool = True
               ) -> dict[str, np.ndarray]:
     """Test scores (N, C) of every head, and "late" (see the module docstring)."""
-    scores = {}
-    for name, uses in heads.items():
-        model = train_head(cfg, uses, train, labels, num_classes, Path(out) / name, device,
-                           seed, progress)
-        scores[name] = head_scores(model, test, device)
-    single = [scores[n] for n, uses in heads.items() if len(uses) == 1]
+    models = {name: train_head(cfg, uses, train, labels, num_classes, Path(out) / name, device,
+                               seed, progress) for name, uses in heads.items()}
+    return score_heads(models, test, device)
+
+
+def score_heads(models: dict[str, FusionClassifier], inputs: Tokens,
+                device: torch.device) -> dict[str, np.ndarray]:
+    """Scores (N, C) of every trained head on `inputs`, and "late": the mean of the
+    one-modality heads' when there are several."""
+    scores = {name: head_scores(m, inputs, device) for name, m in models.items()}
+    single = [scores[n] for n, m in models.items() if len(m.uses) == 1]
     if len(single) > 1:
         scores["late"] = sum(single) / len(single)
     return scores

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from classify.config import ClassifyConfig
 from classify.data.clips import Clip
@@ -25,6 +24,7 @@ from extract.io import (
     append_metrics_row,
     save_checkpoint,
 )
+from extract.progress import progress as progress_bar
 from extract.training import data_digest, parameter_groups, resume, warmup_cosine
 
 
@@ -82,8 +82,8 @@ def train_stream(cfg: ClassifyConfig, stream: str, clips: list[Clip],
     start = resume(last, model, optim, data_id)
     gen = torch.Generator().manual_seed(t.seed)
     steps = math.ceil(len(data) / t.batch_size)
-    bar = tqdm(total=t.epochs * steps, initial=start * steps, desc=f"train {stream}",
-               unit="batch", disable=not progress)
+    bar = progress_bar(total=t.epochs * steps, initial=start * steps, desc=f"train {stream}",
+                       unit="batch", enabled=progress)
     with bar:
         for epoch in range(start, t.epochs):
             model.train()

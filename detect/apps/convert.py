@@ -87,9 +87,9 @@ def synth_videos(
     videos: int = typer.Option(12, "--videos", help="number of videos"),
     minutes: float = typer.Option(2.0, "--minutes", help="length of each video"),
     classes: int = typer.Option(8, "--classes", help="number of gesture classes (1-12)"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="seed of the gesture plan and the rendering"),
     size: str = typer.Option("160x120", "--size", help="WxH, both even"),
-    fps: float = typer.Option(30.0, "--fps"),
+    fps: float = typer.Option(30.0, "--fps", help="frame rate of the rendered videos"),
 ) -> None:
     """Render synthetic micro-gesture videos in the SMG layout (plus annotations.json)."""
     from detect.synthetic.videos import render_dataset

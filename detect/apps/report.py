@@ -40,13 +40,13 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from tqdm import tqdm
 
 from detect.data.annotations import SUBSETS, Annotations, load_annotations
 from detect.evaluation.metrics import greedy_assign
 from detect.inference.detections import Detections, load_predictions, tiou
 from detect.runs import features_provenance, random_weights_warning, read_run
 from extract.io import RunError, atomic_write_bytes, read_metrics_rows
+from extract.progress import progress as progress_bar
 
 REPORT_DIR = "report"
 INDEX = "index.html"
@@ -462,8 +462,8 @@ def _timelines(preds: dict[str, Detections], sub: Annotations, classes: list[str
     lo = min([float(metrics["threshold"]), *scores]) if scores else 0.0
     norm = plots.score_norm(min(max(lo, 0.0), 0.99), 1.0)
     videos = []
-    for i, vid in enumerate(tqdm(sub.video_ids(), desc="report timelines", disable=not progress,
-                                 leave=False)):
+    for i, vid in enumerate(progress_bar(sub.video_ids(), desc="report timelines",
+                                         enabled=progress, leave=False)):
         g = sub.videos[vid]
         d = preds.get(vid, Detections.empty())
         name = f"timeline-{i:04d}.png"

@@ -50,7 +50,6 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from detect.apps.predict import RunFeatures, backbone_for, run_features
 from detect.data.windows import window_step
@@ -61,6 +60,8 @@ from detect.runs import read_run, score_threshold
 from extract.decode import DecodeError, DecodeSettings, FrameStream, is_live
 from extract.i3d import ChunkedExtractor, RunOptions
 from extract.io import RunError, atomic_write_json
+from extract.progress import ProgressBar
+from extract.progress import progress as progress_bar
 from extract.provenance import versions
 from extract.runtime import resolve_device
 
@@ -233,7 +234,7 @@ def _outcome(frames: _Frames, fps: float) -> tuple[int, str]:
 
 
 def _pump(s: _Setup, frames_src: FrameStream, frames: _Frames, online: OnlineDetector,
-          write: _Writer, bar: tqdm, result: StreamResult) -> None:
+          write: _Writer, bar: ProgressBar, result: StreamResult) -> None:
     """Frames -> features -> online detections until the source ends, fails or is interrupted;
     sets the result's exit code and message."""
     cache_dtype = np.dtype(s.features.settings["dtype"])
@@ -317,8 +318,7 @@ def stream(source: str, run: Path, out: Path | None = None,
                             focal=cfg.loss.focal, device=s.device,
                             on_window=lambda n, sec: result.stage_two.append((n, sec)),
                             top_k=cfg.eval.top_k, dense_fusion=cfg.eval.dense_fusion)
-    bar = tqdm(desc=f"stream {source}", unit="frame", disable=not progress, file=sys.stderr,
-               leave=False)
+    bar = progress_bar(desc=f"stream {source}", unit="frame", enabled=progress, leave=False)
     t_start = time.monotonic()
     try:
         with open(out, "w") as f:

@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from detect.config import AugmentConfig, Config, DataConfig
 from detect.data.annotations import Annotations
 from detect.data.augment import WindowAugment, centre, crop_flip, sample_augment
 from extract.cache import CacheError, FeatureSet, read_frames, read_frames_info, read_meta
 from extract.config import ConfigError
+from extract.progress import progress as progress_bar
 
 
 def window_step(window: int, overlap: float) -> int:
@@ -215,7 +215,7 @@ class WindowDataset(Dataset):
         self.items: list[_Window] = []
         overlap = cfg.train_overlap if train else cfg.eval_overlap
         what = "indexing {} frames" if frames is not None else "loading {} features"
-        for vid in tqdm(ann.video_ids(), desc=what.format(subset), leave=False):
+        for vid in progress_bar(ann.video_ids(), desc=what.format(subset), leave=False):
             v = self._load(feature_set, vid, cfg.use_res4)
             if v.num_steps == 0:
                 raise ValueError(f"{feature_set.video_path(vid)}: video {vid!r} has no features")

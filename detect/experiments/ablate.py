@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from detect.config import Config, load_config
 from detect.runs import LAST, read_run
 from extract.cache import FeatureSet
 from extract.config import ConfigError, config_to_dict
 from extract.io import RunError, atomic_write_bytes, atomic_write_json, read_metrics_rows
+from extract.progress import progress as progress_bar
 from extract.provenance import versions
 
 COLUMNS = ("config", "changed", "f1_miga", "f1_strict", "map", "params", "s_per_epoch", "status")
@@ -130,7 +129,7 @@ def run_ablation(ab: Ablation, progress: bool = True) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     jobs: list[tuple[str, Any]] = [("config", x) for x in loaded]
     jobs += [("baseline", k) for k in ab.baselines]
-    for kind, job in tqdm(jobs, desc="ablation", disable=not progress):
+    for kind, job in progress_bar(jobs, desc="ablation", enabled=progress, log_every_s=0):
         if kind == "config":
             p, cfg, changed = job
             row: dict[str, Any] = {"config": p.stem, "changed": _fmt_changed(changed)}

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from detect.config import EvalConfig
 from detect.data.annotations import Annotations, load_annotations
@@ -34,6 +33,7 @@ from detect.inference.postprocess import apply_threshold, merge_video
 from detect.model.detector import DenseHead
 from extract.cache import FeatureSet
 from extract.io import atomic_write_json
+from extract.progress import progress as progress_bar
 from extract.provenance import versions
 
 KINDS = ("probe", "dense")
@@ -170,7 +170,7 @@ def fit_dense(train: list[_Video], cfg: BaselineConfig, num_classes: int, progre
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = torch.Generator().manual_seed(cfg.seed)
     model.train()
-    for _ in tqdm(range(cfg.epochs), desc="dense head", disable=not progress, leave=False):
+    for _ in progress_bar(range(cfg.epochs), desc="dense head", enabled=progress, leave=False):
         for i in torch.randperm(len(train), generator=order).tolist():
             v = train[i]
             logits = model(torch.from_numpy(v.x)[None])[0]

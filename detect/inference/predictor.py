@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from detect.config import Config
 from detect.data.windows import WindowDataset, collate_windows
@@ -18,6 +17,7 @@ from detect.model.build import build_model
 from detect.model.e2e import run_model
 from detect.runs import BEST, read_run
 from extract.io import load_checkpoint
+from extract.progress import progress as progress_bar
 
 
 @torch.no_grad()
@@ -35,7 +35,8 @@ def predict(
                         collate_fn=collate_windows)
     per_video: dict[str, list[Detections]] = {vid: [] for vid in dataset.video_ids}
     decode = DecodeOptions.of(cfg, dataset.stride, dataset.fps)
-    for batch in tqdm(loader, desc=f"predict {dataset.subset}", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=f"predict {dataset.subset}", enabled=progress,
+                              leave=False):
         out = run_model(model, batch, device, cfg.data.window,
                         amp=cfg.train.amp and cfg.mode == "e2e")
         decoded = decode_outputs(out, batch["meta"], decode)

@@ -32,11 +32,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from detect.data.annotations import Annotations, VideoAnnotations, save_annotations
 from detect.synthetic import smg_profile
 from extract.cache import FeatureMeta, FeatureSet, feature_timestamps, write_video
+from extract.progress import progress as progress_bar
 from extract.provenance import mgdet_version
 
 BODY_AMPLITUDE = 4.0
@@ -318,7 +318,7 @@ def synth_feature_set(
         names = [f"gesture{c:02d}" for c in range(classes)]
     subsets = _split(rng, videos, split)
     entries: dict[str, VideoAnnotations] = {}
-    for i in tqdm(range(videos), desc="synthetic videos", leave=False):
+    for i in progress_bar(range(videos), desc="synthetic videos", leave=False):
         vid = f"synth{i:04d}"
         vrng = np.random.default_rng([seed, i])  # per video, so videos do not shift each other
         duration = round(vrng.uniform(min_duration_s, max_duration_s) * source_fps) / source_fps

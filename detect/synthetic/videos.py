@@ -37,7 +37,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from detect.data.converters.common import (
     Instance,
@@ -47,6 +46,8 @@ from detect.data.converters.common import (
     write_annotations,
 )
 from extract.io import atomic_write_bytes, atomic_write_json
+from extract.progress import ProgressBar
+from extract.progress import progress as progress_bar
 
 # Body model, in units of 1/120 of the frame height, origin at the pelvis, y down; "_R" is the
 # figure's right, on the image's left. Joints in UPPER move with the torso's sway and lean; knees
@@ -519,7 +520,7 @@ def render_video(
     size: tuple[int, int] = (160, 120),
     fps: float = 30.0,
     seed: int = 0,
-    progress: tqdm | None = None,
+    progress: ProgressBar | None = None,
     skeleton: Path | None = None,
     idle: float = 1.0,
     posture: dict[str, tuple[float, float]] | None = None,
@@ -609,7 +610,7 @@ def render_dataset(
     subset_of = split_lookup(split)
     paths: list[Path] = []
     records: list[VideoRecord] = []
-    bar = tqdm(total=videos * num_frames, unit="frame", desc="render", disable=not progress)
+    bar = progress_bar(total=videos * num_frames, unit="frame", desc="render", enabled=progress)
     with bar:
         for i in range(1, videos + 1):
             vid = f"Sample{i:04d}"

@@ -36,6 +36,7 @@ from extract.cache import FeatureSet
 from extract.config import config_to_dict
 from extract.i3d import RES4_DIM, RES5_DIM
 from extract.io import RunError, append_metrics_row, load_checkpoint, save_checkpoint
+from extract.progress import progress as progress_bar
 from extract.runtime import Distributed, resolve_device, seed_everything
 
 
@@ -267,8 +268,8 @@ def _train_epoch(run: _Run, epoch: int, epochs: int, progress: bool) -> dict[str
     run.net.train()
     sums: dict[str, float] = {}
     steps = 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}",
-               disable=not (progress and run.ddp.main), leave=False)
+    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                       enabled=progress and run.ddp.main, log_every_s=None)
     for i, batch in enumerate(bar):
         loss, logs = _losses(run, _to_device(batch, run.device), epoch, steps)
         _backward_and_step(run, loss, i, len(loader))
