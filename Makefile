@@ -101,10 +101,10 @@ $(STAMP): pyproject.toml
 	@du -sh $(VENV) 2>/dev/null | awk '{print "virtualenv $(VENV): " $$1}'
 	@touch $(STAMP)
 
-demo: $(STAMP) ## the whole pipeline on a rendered synthetic set (about 15 min on 2 CPU cores)
+demo: $(STAMP) ## the whole pipeline on a rendered synthetic set (about 9 min on 2 idle CPU cores)
 	$(PY) -m detect demo --cache $(OUT) --device $(DEVICE) $(if $(filter-out kinetics,$(WEIGHTS)),--weights $(WEIGHTS),) $(DEMO_ARGS)
 
-demo-cls: $(STAMP) ## clip classification on a rendered iMiGUE (2s-AGCN + MViT tokens + token fusion + SwinFace emotion; about 4-5 min on 2 CPU cores)
+demo-cls: $(STAMP) ## clip classification on a rendered iMiGUE (2s-AGCN + MViT tokens + token fusion + SwinFace emotion; about 8 min on 2 idle CPU cores)
 	$(PY) -m classify render $(CLS_DATA) --videos 40 --minutes 1
 	$(PY) -m classify train --data $(CLS_DATA) --config $(CLS_CONFIG) --cache $(OUT)/skeleton --set rgb.cache=$(OUT)/rgb --set emotion.cache=$(OUT)/face --out $(CLS_RUN) $(CLS_ARGS)
 
