@@ -40,6 +40,9 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML config"),  # noqa: UP045
     cache: Path = typer.Option(Path("cache/skeleton"), "--cache", help="keypoint cache"),
     set_: list[str] = typer.Option([], "--set", help="override, e.g. train.epochs=10"),  # noqa: B008
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads, as --set "
+                                "train.threads=N (0: the config's, else the cores this process "
+                                "may use)"),
 ) -> None:
     """Train the skeleton streams (and, with rgb.enabled, the RGB and fusion heads) on the training
     subjects; evaluate on the test subjects."""
@@ -47,7 +50,7 @@ def train(
     from classify.report import format_metrics
     from classify.run import run_classify
 
-    cfg = load_classify_config(config, set_)
+    cfg = load_classify_config(config, [*set_, *([f"train.threads={threads}"] if threads else [])])
     metrics = run_classify(cfg, data, cache, out)
     typer.echo(format_metrics(metrics))
     typer.echo(f"outputs: {out}")

@@ -82,7 +82,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 0  # torch CPU threads; 0: the cores this process may use (extract/threads.py)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class ClassifyConfig:
 RANGES: Ranges = {
     "train.weight_decay": (nonnegative, ">= 0"),
     "train.label_smoothing": (fraction, "in [0, 1)"),
-    "train.threads": (nonnegative, ">= 0 (0: torch's default)"),
+    "train.threads": (nonnegative, ">= 0 (0: the cores this process may use)"),
     "skeleton.agcn.dropout": (fraction, "in [0, 1)"),
     "rgb.short_side": (nonnegative, ">= 0"),
     **{f"{part}.{key}": rule for part in ("fusion", "emotion.fusion") for key, rule in {

@@ -58,6 +58,7 @@ from extract.config import ConfigError
 from extract.io import RunError, atomic_write_json, load_checkpoint, read_json
 from extract.provenance import versions
 from extract.runtime import resolve_device
+from extract.threads import apply_threads
 
 
 class PredictFailed(RuntimeError):
@@ -175,8 +176,7 @@ def predict_video(req: PredictRequest, progress: bool = True) -> dict[str, Any]:
     kp = read_keypoints(Path(req.keypoints))
     _check_frames(req, clips, kp)
     device = resolve_device(req.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    apply_threads(cfg.train.threads)
     out = req.out_dir
     out.mkdir(parents=True, exist_ok=True)
     keypoints = {req.video_id: kp}

@@ -31,6 +31,7 @@ from extract.config import config_to_dict, to_toml
 from extract.io import RunError, atomic_write_bytes, atomic_write_json
 from extract.provenance import versions
 from extract.runtime import resolve_device
+from extract.threads import apply_threads
 
 # The fusion heads of a run with RGB, each trained in RUN/fusion/<head>/; the final is "token".
 FUSION_HEADS = {"rgb": ("rgb",), "skeleton": ("skeleton",), "token": ("rgb", "skeleton")}
@@ -42,8 +43,7 @@ def run_classify(cfg: ClassifyConfig, data_root: Path, cache: Path, out: Path,
 
     Class ids in predictions.csv are iMiGUE's 1-32 (32 = file class 99)."""
     out = Path(out)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    apply_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     index = index or index_imigue(Path(data_root), cfg.data.split or None)
     out.mkdir(parents=True, exist_ok=True)  # once the data is known to be there

@@ -27,12 +27,15 @@ def train(
     out: Path = typer.Option(..., "--out", help="run directory, e.g. runs/NAME"),
     set_: Optional[list[str]] = SetOpt,  # noqa: UP007, UP045 - typer needs Optional here
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out"),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads, as --set "
+                                "train.threads=N (0: the config's, else the cores this process "
+                                "may use)"),
 ) -> None:
     """Train the detector on cached features; the best epoch is chosen on `val`."""
     from detect.config import load_config
     from detect.train.loop import train as run_train
 
-    cfg = load_config(config, set_ or [])
+    cfg = load_config(config, [*(set_ or []), *([f"train.threads={threads}"] if threads else [])])
     result = run_train(cfg, features, annotations, out, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"best {cfg.train.select_metric} on val: {result['best_metric']:.4f} "

@@ -125,6 +125,7 @@ class TrainConfig:
     device: Device = "auto"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     num_workers: int = 0
+    threads: int = 0  # torch CPU threads; 0: the cores this process may use (extract/threads.py)
     select_metric: SelectMetric = "f1_miga"  # best checkpoint on val by this metric
     grad_accum: int = 1  # batches whose gradients add up before one optimiser step
     # > 0: evaluate, select and save an exponential moving average of the weights with this
@@ -234,6 +235,7 @@ RANGES: Ranges = {
     "train.lr_gamma": (positive, "> 0"),
     "train.clip_grad": (nonnegative, ">= 0 (0: no clipping)"),
     "train.num_workers": (nonnegative, ">= 0"),
+    "train.threads": (nonnegative, ">= 0 (0: the cores this process may use)"),
     "eval.nms_iou": (lambda v: 0 < v <= 1, "in (0, 1] (1: no NMS)"),
     "eval.max_per_video": (at_least_1, ">= 1"),
     "eval.match_iou": (fraction, "in [0, 1)"),

@@ -56,6 +56,8 @@ def features(
     frames_short_side: int = typer.Option(0, help="Short side of the stored frames (0: the same "
                                           "as --short-side, which lets end-to-end training "
                                           "reproduce the cached features)."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: the cores this process may use; "
+                                "README, Threads)."),
 ) -> None:
     """Extract features for every video into one feature set; prints the feature-set path."""
     from extract.config import ExtractConfig
@@ -67,7 +69,8 @@ def features(
         cfg = ExtractConfig(weights=weights, seed=seed, stride=stride, short_side=short_side,
                             crop=crop, res4=res4, dtype=dtype.value,
                             chunk_frames=chunk_frames or None, device=device, workers=workers,
-                            save_frames=save_frames, frames_short_side=frames_short_side)
+                            save_frames=save_frames, frames_short_side=frames_short_side,
+                            threads=threads)
         summary = run_extraction(videos, out, cfg, id_fn=_id_fn(dataset, id_suffix),
                                  progress=progress)
     except (WeightsError, ValueError) as e:

@@ -45,6 +45,7 @@ class ExtractConfig:
     fps: float = 10.0
     save_frames: bool = False
     frames_short_side: int = 0  # 0: the same as short_side
+    threads: int = 0  # torch CPU threads; 0: extract/threads.py's policy (no cap: I3D is large)
 
     def __post_init__(self) -> None:
         if self.frames_short_side < 0:

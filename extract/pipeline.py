@@ -53,6 +53,7 @@ from extract.progress import ProgressBar
 from extract.progress import progress as progress_bar
 from extract.provenance import mgdet_version, versions
 from extract.runtime import dist_rank, resolve_device
+from extract.threads import ThreadGovernor
 from extract.weights import Weights
 
 IdFn = Callable[[Path], str]
@@ -359,6 +360,7 @@ def run_extraction(
     """
     started = time.time()
     rank, world = dist_rank()
+    threads = ThreadGovernor(cfg.threads, cap=None, ranks=world)
     ids = assign_ids(find_videos(inputs), id_fn)
     mine = dict(list(ids.items())[rank::world])
     extractor = Extractor(cfg)
@@ -391,6 +393,7 @@ def run_extraction(
                     f"waiting: another run is extracting {vid} into {fs.path}", file=sys.stderr)):
                 _extract_locked(extractor, fs, vid, path, streams.pop(i), bar_frames, summary)
             bar_videos.update(1)
+            threads.update()  # fewer threads while other processes keep our cores busy
     finally:
         for s in streams.values():
             s.close()

@@ -2,8 +2,9 @@
 
 On a terminal, a tqdm bar. When stderr is not a terminal (a file, a pipe, CI), tqdm's redraws
 would leave `\\r` updates and cursor-up fragments in the log, so the bar becomes `LogProgress`:
-plain lines, one per finished unit (`log_every_s=0`: a video, an epoch, a job) or at most one
-every `log_every_s` seconds for fine-grained counts (frames, batches), and one when it ends.
+plain lines, one per finished unit (`log_every_s=0`: a video, an epoch, a job) or, for
+fine-grained counts (frames, batches), one every `log_every_s` seconds and one when it ends; a
+fine-grained loop done in less than `log_every_s` writes nothing.
 `log_every_s=None` keeps a bar silent in logs (an inner bar whose outer one already logs).
 """
 
@@ -36,7 +37,8 @@ class LogProgress:
         self.n = initial
         self.postfix = ""
         self.t0 = clock()
-        self.last_line: float | None = None
+        # A throttled bar's first line comes `every_s` after its start; a per-unit one's at once.
+        self.last_line: float | None = self.t0 if every_s > 0 else None
         self.logged_n: int | None = None
         self.closed = False
 
@@ -62,7 +64,7 @@ class LogProgress:
         self.n += int(n)
         now = self.clock()
         due = self.last_line is None or now - self.last_line >= self.every_s
-        if n and (due or self.n == self.total):
+        if n and (due or (self.n == self.total and self._long(now))):
             self._line(now)
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True,
@@ -74,9 +76,14 @@ class LogProgress:
         self.postfix = s
 
     def close(self) -> None:
-        if not self.closed and self.n and self.logged_n != self.n:
-            self._line(self.clock())  # the final count, unless the last line said it
+        now = self.clock()
+        if not self.closed and self.n and self.logged_n != self.n and self._long(now):
+            self._line(now)  # the final count, unless the last line said it
         self.closed = True
+
+    def _long(self, now: float) -> bool:
+        """Whether the bar has run long enough for its end to be worth a line."""
+        return self.every_s == 0 or now - self.t0 >= self.every_s
 
     def _line(self, now: float) -> None:
         count = f"{self.n}/{self.total:g}" if self.total else f"{self.n}"

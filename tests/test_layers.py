@@ -19,7 +19,7 @@ PACKAGES = ("extract", "detect", "classify")
 LAYERS = {
     "extract": [
         ("extract.io", "extract.runtime", "extract.provenance", "extract.weights",
-         "extract.progress", "extract.decode"),
+         "extract.progress", "extract.threads", "extract.decode"),
         ("extract.config", "extract.i3d", "extract.cache"),
         ("extract.pipeline",),
         ("extract.__main__", "extract"),

@@ -33,17 +33,24 @@ def test_fine_counts_log_at_most_every_interval_and_once_at_the_end():
             bar.update(10)
             bar.set_postfix(detections=2)
     lines = out.getvalue().splitlines()
-    # t=10 (first), 40, 70, 100 (each 30 s later; the last is also the total).
-    assert [ln.split(" (")[0] for ln in lines] == ["frames: 10/100 frame", "frames: 40/100 frame",
-                                                  "frames: 70/100 frame",
+    # t=30 (30 s after the start), 60, 90, then 100, the total.
+    assert [ln.split(" (")[0] for ln in lines] == ["frames: 30/100 frame", "frames: 60/100 frame",
+                                                  "frames: 90/100 frame",
                                                   "frames: 100/100 frame"]
     assert lines[-1].endswith("(100 s), detections=2")
-    # A bar closed before its total says where it stopped.
-    out = io.StringIO()
-    with LogProgress(desc="frames", every_s=30, file=out, clock=Clock(), initial=5) as bar:
+    # A bar closed before its total says where it stopped; a quick one says nothing.
+    out, clock = io.StringIO(), Clock()
+    with LogProgress(desc="frames", every_s=30, file=out, clock=clock, initial=5) as bar:
         bar.update(3)
+        clock.t = 31
         bar.update(4)
-    assert out.getvalue().splitlines() == ["frames: 8 it (0 s)", "frames: 12 it (0 s)"]
+        clock.t = 40
+        bar.update(1)
+    assert out.getvalue().splitlines() == ["frames: 12 it (31 s)", "frames: 13 it (40 s)"]
+    out = io.StringIO()
+    with LogProgress(desc="quick", total=3, every_s=30, file=out, clock=Clock()) as bar:
+        bar.update(3)
+    assert out.getvalue() == ""
 
 
 def test_progress_in_a_pipe_writes_plain_lines():
@@ -55,5 +62,6 @@ def test_progress_in_a_pipe_writes_plain_lines():
             "for _ in progress(range(3), desc='off', enabled=False): pass\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "\r" not in r.stderr and "\x1b[" not in r.stderr
+    # The quick frame count stays silent: a loop shorter than 30 s is not worth a line.
     assert [ln.split(" (")[0] for ln in r.stderr.splitlines()] == [
-        "videos: 1/3 video", "videos: 2/3 video", "videos: 3/3 video", "frames: 7/7 frame"]
+        "videos: 1/3 video", "videos: 2/3 video", "videos: 3/3 video"]

@@ -25,6 +25,7 @@ from extract.io import (
     save_checkpoint,
 )
 from extract.progress import progress as progress_bar
+from extract.threads import ThreadGovernor
 from extract.training import data_digest, parameter_groups, resume, warmup_cosine
 
 
@@ -84,6 +85,7 @@ def train_stream(cfg: ClassifyConfig, stream: str, clips: list[Clip],
     steps = math.ceil(len(data) / t.batch_size)
     bar = progress_bar(total=t.epochs * steps, initial=start * steps, desc=f"train {stream}",
                        unit="batch", enabled=progress)
+    threads = ThreadGovernor(t.threads)
     with bar:
         for epoch in range(start, t.epochs):
             model.train()
@@ -93,6 +95,7 @@ def train_stream(cfg: ClassifyConfig, stream: str, clips: list[Clip],
                                 drop_last=len(data) > t.batch_size)
             t0, total, hits, seen = time.perf_counter(), 0.0, 0, 0
             for i, (x, y) in enumerate(loader):
+                threads.update()  # fewer threads while other processes keep our cores busy
                 for g in optim.param_groups:
                     g["lr"] = lr_at(epoch + i / steps, cfg)
                 x, y = x.to(device), y.to(device)

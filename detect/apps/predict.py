@@ -118,6 +118,7 @@ def predict_videos(
     from detect.inference.predictor import load_run_model, predict
     from extract.pipeline import format_summary, run_extraction
     from extract.runtime import resolve_device
+    from extract.threads import apply_threads
 
     run = Path(run)
     cfg, info = read_run(run)
@@ -132,6 +133,7 @@ def predict_videos(
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
                                                                 eval_overlap=eval_overlap))
     out = Path(out) if out is not None else run / "predict"
+    apply_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     model, ck = load_run_model(run, device)
     threshold = score_threshold(cfg, ck, run)  # a run that cannot predict is refused first

@@ -64,6 +64,7 @@ from extract.progress import ProgressBar
 from extract.progress import progress as progress_bar
 from extract.provenance import versions
 from extract.runtime import resolve_device
+from extract.threads import apply_threads
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -174,6 +175,7 @@ def _prepare(run: Path, opts: StreamOptions) -> _Setup:
     if cfg.mode != "features":
         raise RunError(f"{run}: an end-to-end run; streaming needs a run trained on cached "
                        "features (its I3D is the feature set's)")
+    apply_threads(cfg.train.threads)
     device = resolve_device(opts.device)
     model, ck = load_run_model(run, device)
     threshold = opts.threshold if opts.threshold is not None else score_threshold(cfg, ck, run)

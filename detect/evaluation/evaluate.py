@@ -67,9 +67,11 @@ def evaluate_run(run: Path, subset: str = "test", progress: bool = True) -> dict
     from extract.io import atomic_write_json
     from extract.provenance import versions
     from extract.runtime import resolve_device
+    from extract.threads import apply_threads
 
     run = Path(run)
     cfg, info = read_run(run)
+    apply_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     fs = run_feature_set(run, info)
     ann = load_annotations(Path(info["annotations"]), feature_set=fs)

@@ -38,6 +38,7 @@ from extract.i3d import RES4_DIM, RES5_DIM
 from extract.io import RunError, append_metrics_row, load_checkpoint, save_checkpoint
 from extract.progress import progress as progress_bar
 from extract.runtime import Distributed, resolve_device, seed_everything
+from extract.threads import ThreadGovernor
 
 
 class TrainingDiverged(RuntimeError):
@@ -104,6 +105,7 @@ class _Run:
     optim: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     ema: WeightEMA | None
+    threads: ThreadGovernor
     start_epoch: int = 0
     best_metric: float = -math.inf
     best_epoch: int = -1
@@ -190,6 +192,7 @@ def _setup(cfg: Config, fs: FeatureSet, ann: Annotations, out: Path, device: tor
            ddp: Distributed, check_backbone: bool) -> _Run:
     """Datasets, model, loss, optimiser, schedule and EMA, in the order that draws the seeded
     random numbers the same way in every run."""
+    threads = ThreadGovernor(cfg.train.threads, ranks=ddp.world_size)
     e2e = cfg.mode == "e2e"
     halo = 0
     if e2e:
@@ -217,6 +220,7 @@ def _setup(cfg: Config, fs: FeatureSet, ann: Annotations, out: Path, device: tor
         optim=optim,
         sched=torch.optim.lr_scheduler.StepLR(optim, cfg.train.lr_step, cfg.train.lr_gamma),
         ema=WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None,
+        threads=threads,
     )
 
 
@@ -271,6 +275,7 @@ def _train_epoch(run: _Run, epoch: int, epochs: int, progress: bool) -> dict[str
     bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                        enabled=progress and run.ddp.main, log_every_s=None)
     for i, batch in enumerate(bar):
+        run.threads.update()  # fewer threads while other processes keep our cores busy
         loss, logs = _losses(run, _to_device(batch, run.device), epoch, steps)
         _backward_and_step(run, loss, i, len(loader))
         steps += 1
