@@ -75,23 +75,30 @@ def choose_threads(requested: int = 0, cap: int | None = SMALL_MODEL_CAP, ranks:
                    cores: int | None = None) -> int:
     """`requested` when > 0; else OMP_NUM_THREADS when the environment sets it (torchrun sets 1
     per rank); else the available cores shared among `ranks`, at most `cap`."""
-    if requested > 0:
-        return requested
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    fixed = requested if requested > 0 else _env_threads()
+    if fixed:
+        return fixed
     n = max(1, (cores if cores is not None else available_cores()) // max(1, ranks))
     return min(n, cap) if cap else n
 
 
-def apply_threads(requested: int = 0, cap: int | None = SMALL_MODEL_CAP, ranks: int = 1) -> int:
-    """Set torch's intra-op threads by `choose_threads`; returns the number set."""
+def _env_threads() -> int:
+    """OMP_NUM_THREADS when the environment sets it to a positive count, else 0."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() else 0
+
+
+def _set_torch_threads(n: int) -> int:
     import torch
 
-    n = choose_threads(requested, cap, ranks)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+def apply_threads(requested: int = 0, cap: int | None = SMALL_MODEL_CAP, ranks: int = 1) -> int:
+    """Set torch's intra-op threads by `choose_threads`; returns the number set."""
+    return _set_torch_threads(choose_threads(requested, cap, ranks))
 
 
 def _affinity() -> set[int]:
@@ -131,21 +138,14 @@ class ThreadGovernor:
                  busy: Callable[[], float | None] | None = None,
                  own: Callable[[], float] = time.process_time, cores: int | None = None) -> None:
         cpus = _affinity()
+        cores = cores if cores is not None else available_cores()
         self.most = choose_threads(requested, cap, ranks, cores)
-        self.fixed = requested > 0 or os.environ.get("OMP_NUM_THREADS", "").isdigit()
-        self.cores = (cores if cores is not None else available_cores()) / max(1, ranks)
+        self.fixed = requested > 0 or _env_threads() > 0
+        self.cores = cores / max(1, ranks)
         self.interval_s, self.clock, self.own = interval_s, clock, own
         self.busy = busy if busy is not None else (lambda: busy_seconds(cpus))
-        self.threads = self._set(self.most)
+        self.threads = _set_torch_threads(self.most)
         self.last = (self.clock(), self.busy(), self.own())
-
-    @staticmethod
-    def _set(n: int) -> int:
-        import torch
-
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-        return n
 
     def update(self) -> int:
         """The thread count now (after a recheck when `interval_s` has passed)."""
@@ -162,5 +162,5 @@ class ThreadGovernor:
         other = max(0.0, ((b1 - b0) - (o1 - o0)) / (now - t0))
         want = max(1, min(self.most, round(self.cores - other)))
         if want != self.threads:
-            self.threads = self._set(want)
+            self.threads = _set_torch_threads(want)
         return self.threads

@@ -34,13 +34,14 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
+from detect.config import Config
 from detect.data.annotations import SUBSETS, Annotations, load_annotations
 from detect.evaluation.metrics import greedy_assign
 from detect.inference.detections import Detections, load_predictions, tiou
@@ -99,12 +100,14 @@ class MatchSummary:
     matching a ground truth of class g. Matching is one-to-one, so row g sums to the support of
     class g, columns 0..C-1 sum to the detections per class, and the diagonal holds the strict
     (one-to-one) hits. tiou: (M,) float64, the tIoU of each matching detection; same_class: (M,)
-    bool, whether its class is the ground truth's.
+    bool, whether its class is the ground truth's. matched: per video, its detections matching a
+    ground truth of their class (the video's diagonal).
     """
 
     confusion: np.ndarray
     tiou: np.ndarray
     same_class: np.ndarray
+    matched: dict[str, int] = field(default_factory=dict)
 
 
 def match_summary(
@@ -117,6 +120,7 @@ def match_summary(
     C = annotations.num_classes
     counts = np.zeros((C + 1) * (C + 1), np.int64)
     ious, same = [], []
+    matched: dict[str, int] = {}
     for vid in annotations.subset(subset).video_ids():
         g = annotations.videos[vid]
         d = predictions.get(vid, Detections.empty())
@@ -131,10 +135,12 @@ def match_summary(
         counts += np.bincount(g.labels[~matched_gt] * (C + 1) + C, minlength=counts.size)
         ious.append(iou[hit])
         same.append(d.label[hit] == g.labels[j[hit]])
+        matched[vid] = int(same[-1].sum())
     return MatchSummary(
         confusion=counts.reshape(C + 1, C + 1),
         tiou=np.concatenate(ious) if ious else np.zeros(0),
         same_class=np.concatenate(same) if same else np.zeros(0, bool),
+        matched=matched,
     )
 
 
@@ -169,12 +175,12 @@ def _read_metrics(run: Path, subset: str) -> dict[str, Any]:
 def _load_inputs(
     run: Path, subset: str
 ) -> tuple[dict[str, Any], Annotations, dict[str, Detections], list[dict[str, str]],
-           dict[str, Any]]:
-    """metrics.json, the annotations, predictions.json, metrics.csv rows and run.json of an
-    evaluated run."""
+           tuple[Config, dict[str, Any]]]:
+    """metrics.json, the annotations, predictions.json, metrics.csv rows and (config, run.json)
+    of an evaluated run."""
     if subset not in SUBSETS:
         raise ReportError(f"unknown subset {subset!r}; expected one of {', '.join(SUBSETS)}")
-    _, info = read_run(run)
+    cfg, info = read_run(run)
     metrics = _read_metrics(run, subset)
     pred_path = run / "predictions.json"
     if not pred_path.is_file():
@@ -193,7 +199,7 @@ def _load_inputs(
             f"{metrics['num_predictions']}: the files are from different evaluations; "
             f"{_eval_hint(run, subset)}"
         )
-    return metrics, ann, preds, read_metrics_rows(run), info
+    return metrics, ann, preds, read_metrics_rows(run), (cfg, info)
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -416,7 +422,7 @@ def write_report(
 
     run = Path(run)
     plots.require_matplotlib()  # before anything is read or written
-    metrics, ann, preds, rows, info = _load_inputs(run, subset)
+    metrics, ann, preds, rows, (cfg, info) = _load_inputs(run, subset)
     out = Path(out) if out is not None else run / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob(TIMELINE_GLOB):  # a previous report may have had more videos
@@ -429,11 +435,11 @@ def write_report(
     plots.plot_confusion(summary.confusion, ann.classes, out / "confusion.png")
     plots.plot_tiou_histogram(summary.tiou[summary.same_class], summary.tiou[~summary.same_class],
                               match_iou, out / "tiou.png")
-    videos = _timelines(preds, ann.subset(subset), ann.classes, metrics, out, progress)
+    videos = _timelines(preds, ann.subset(subset), ann.classes, metrics, summary.matched, out,
+                        progress)
 
     names = ["curves.png", "confusion.png", "tiou.png", *(v["image"] for v in videos)]
     images = None if linked else {n: (out / n).read_bytes() for n in names}
-    cfg, _ = read_run(run)
     ctx = PageContext(f"mgdet report: {run.resolve().name}", features_provenance(info),
                       cfg.name, _code_version(info), random_weights_warning(info))
     page = render_page(ctx, metrics, ann.classes, summary, videos, images)
@@ -452,7 +458,8 @@ def _code_version(info: dict[str, Any]) -> str:
 
 
 def _timelines(preds: dict[str, Detections], sub: Annotations, classes: list[str],
-               metrics: dict[str, Any], out: Path, progress: bool) -> list[dict[str, Any]]:
+               metrics: dict[str, Any], matched: dict[str, int], out: Path, progress: bool
+               ) -> list[dict[str, Any]]:
     """One timeline PNG per video of the subset; the page's facts about each."""
     from detect.apps import plots
 
@@ -469,9 +476,6 @@ def _timelines(preds: dict[str, Detections], sub: Annotations, classes: list[str
         name = f"timeline-{i:04d}.png"
         plots.plot_timeline(g.segments, g.labels, d, classes, g.duration, out / name,
                             title=vid, norm=norm)
-        j, _ = match_one_to_one(d, g.segments, g.labels, float(metrics["match_iou"]))
-        hit = j >= 0
-        same = int((d.label[hit] == g.labels[j[hit]]).sum())
         videos.append({"id": vid, "image": name, "num_gt": len(g), "num_pred": len(d),
-                       "matched": same})
+                       "matched": matched[vid]})
     return videos
