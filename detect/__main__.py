@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -166,29 +167,54 @@ def score(
     typer.echo(format_table(metrics))
 
 
+class Generator(str, Enum):
+    features = "features"
+    envelope = "envelope"
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="folder for annotations.json and features/"),
     videos: int = typer.Option(40, "--videos", help="number of videos"),
+    generator: Generator = typer.Option(
+        Generator.features, "--generator",
+        help="smg-like signals (default, detect.synthetic.features) or envelope "
+        "(detect.synthetic.envelopes: per-class temporal envelopes, correlated background)"),
     classes: Optional[int] = typer.Option(  # noqa: UP045
         None, "--classes", help="basic profile: number of classes (default 8); smg has 17"),
     seed: int = typer.Option(0, "--seed", help="generator seed (same seed, same set)"),
-    noise: float = typer.Option(1.0, "--noise", help="0 gives a clean, easy set"),
-    profile: str = typer.Option(
-        "basic", "--profile",
-        help="basic: generic timelines; smg: SMG's durations, bursts, 17 imbalanced classes, "
-        "shared body-part signatures and distractor motion"),
-    amplitude: float = typer.Option(1.0, "--amplitude", help="scale of the planted signal"),
+    noise: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--noise", help="features generator: 0 gives a clean, easy set (default 1)"),
+    profile: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--profile",
+        help="features generator: basic (default): generic timelines; smg: SMG's durations, "
+        "bursts, 17 imbalanced classes, shared body-part signatures and distractor motion"),
+    amplitude: Optional[float] = typer.Option(  # noqa: UP045
+        None, "--amplitude", help="scale of the planted signal (default: the generator's, 1.0 "
+        "for features, calibrated for envelope)"),
     min_minutes: float = typer.Option(2.0, "--min-minutes", help="shortest video"),
     max_minutes: float = typer.Option(5.0, "--max-minutes", help="longest video"),
 ) -> None:
     """Write a synthetic feature set and annotations.json (for tests, demos, benchmarks)."""
-    from detect.synthetic.features import synth_feature_set
+    minutes = dict(min_duration_s=60 * min_minutes, max_duration_s=60 * max_minutes)
+    if generator is Generator.envelope:
+        from detect.synthetic.envelopes import synth_envelope_set
 
-    fs, ann_path = synth_feature_set(out, videos=videos, classes=classes, seed=seed, noise=noise,
-                                     profile=profile, amplitude=amplitude,
-                                     min_duration_s=60 * min_minutes,
-                                     max_duration_s=60 * max_minutes)
+        given = {"--profile": profile, "--classes": classes, "--noise": noise}
+        for name, value in given.items():
+            if value is not None:
+                raise typer.BadParameter(
+                    "does not apply to --generator envelope (SMG's 17 classes; its noise is "
+                    "fixed, --amplitude sets the difficulty)", param_hint=name)
+        extra = {} if amplitude is None else {"amplitude": amplitude}
+        fs, ann_path = synth_envelope_set(out, videos=videos, seed=seed, **minutes, **extra)
+    else:
+        from detect.synthetic.features import synth_feature_set
+
+        fs, ann_path = synth_feature_set(
+            out, videos=videos, classes=classes, seed=seed,
+            noise=1.0 if noise is None else noise, profile="basic" if profile is None else profile,
+            amplitude=1.0 if amplitude is None else amplitude, **minutes)
     typer.echo(f"features: {fs.path}\nannotations: {ann_path}")
 
 

@@ -25,6 +25,8 @@ from extract.config import (
 
 Mode = Literal["features", "e2e"]
 Mixing = Literal["lean", "full"]
+Arch = Literal["pointtad", "pyramid"]
+PyramidEncoder = Literal["conv", "mamba"]
 IouLoss = Literal["iou", "giou", "diou"]
 QueryMixer = Literal["mamba_mhsa", "mhsa"]
 ScanOrder = Literal["index", "centre"]
@@ -64,6 +66,30 @@ class MambaConfig:
 
 
 @dataclass
+class PyramidConfig:
+    """The dense pyramid detector (`model.arch = "pyramid"`, detect/model/pyramid.py).
+
+    ActionFormer's layout on cached features: `embed_layers` convolutions, `stem_blocks` encoder
+    blocks at full rate, then `levels - 1` levels that each halve the rate (max pooling, as
+    TemporalMaxer) and add one encoder block; classification and regression heads shared by
+    every level.
+    """
+
+    levels: int = 6  # pyramid levels; level l has one output per 2^l feature steps
+    encoder: PyramidEncoder = "conv"  # "mamba": the project's Mamba block, both directions
+    embed_layers: int = 2
+    stem_blocks: int = 2
+    head_layers: int = 2  # conv layers of each head before its output conv
+    kernel: int = 3
+    # Level l regresses instances whose farthest boundary from the point is within
+    # [range_base * 2^(l-1), range_base * 2^l) feature steps (level 0 from 0, the last to inf).
+    range_base: float = 4.0
+    dropout: float = 0.0
+    pre_nms_topk: int = 200  # candidates (point, class) kept per window before NMS
+    pre_nms_threshold: float = 0.001  # candidates below this probability are dropped
+
+
+@dataclass
 class ModelConfig:
     hidden_dim: int = 512  # D
     num_queries: int = 48  # Nq
@@ -73,10 +99,11 @@ class ModelConfig:
     num_heads: int = 8
     ffn_dim: int = 2048
     mix_dim: int = 64  # channel-mix bottleneck (D -> 64 -> D)
-    # "full": PointTAD's generator and output (85% of the paper model's parameters); "lean": the
-    # same mixing with a rank-`mix_rank` parameter generator and a per-point reduction to
-    # `mix_point_dim` before the output projection (bench/model.py, configs/ablations/).
-    mixing: Mixing = "lean"
+    # "full": PointTAD's generator and output, the paper's model (85% of its parameters); "lean":
+    # the same mixing with a rank-`mix_rank` parameter generator and a per-point reduction to
+    # `mix_point_dim` before the output projection. Lean at rank D/8 lost 0.09 f1_strict against
+    # full over 3 seeds (bench/results/mixing-cpu.txt), so full is the default.
+    mixing: Mixing = "full"
     mix_rank: int = 64
     mix_point_dim: int = 64
     # Recompute the dynamic mixing in backward instead of keeping its activations (training only):
@@ -93,6 +120,24 @@ class ModelConfig:
     encoder_layers: int = 0
     encoder_kernel: int = 3
     mamba: MambaConfig = field(default_factory=MambaConfig)
+    # "pointtad": the query-point detector (the seed method); "pyramid": the dense pyramid
+    # detector of the ActionFormer family, configured by [model.pyramid].
+    arch: Arch = "pointtad"
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+
+
+@dataclass
+class PyramidLossConfig:
+    """Losses of the pyramid detector: sigmoid focal classification at every point, an IoU-family
+    loss on the boundaries of positive points, both divided by the number of positives."""
+
+    # A point is positive for an instance when it lies inside it and within centre_radius *
+    # (its level's step) of its centre (ActionFormer's centre sampling).
+    centre_radius: float = 1.5
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    reg_weight: float = 1.0
+    iou_loss: IouLoss = "diou"
 
 
 @dataclass
@@ -110,6 +155,7 @@ class LossConfig:
     iou_loss: IouLoss = "iou"  # "iou": PointTAD's (detect.model.segments.paired_iou_loss)
     dense_weight: float = 10.0
     aux: bool = True  # losses on every decoder layer
+    pyramid: PyramidLossConfig = field(default_factory=PyramidLossConfig)
 
 
 @dataclass
@@ -217,6 +263,19 @@ RANGES: Ranges = {
     "model.mamba.d_state": (at_least_1, ">= 1"),
     "model.mamba.d_conv": (at_least_1, ">= 1"),
     "model.mamba.expand": (at_least_1, ">= 1"),
+    "model.pyramid.levels": (at_least_1, ">= 1"),
+    "model.pyramid.embed_layers": (nonnegative, ">= 0"),
+    "model.pyramid.stem_blocks": (nonnegative, ">= 0"),
+    "model.pyramid.head_layers": (nonnegative, ">= 0"),
+    "model.pyramid.kernel": (lambda v: v >= 1 and v % 2 == 1, "odd and >= 1"),
+    "model.pyramid.range_base": (positive, "> 0"),
+    "model.pyramid.dropout": (fraction, "in [0, 1)"),
+    "model.pyramid.pre_nms_topk": (at_least_1, ">= 1"),
+    "model.pyramid.pre_nms_threshold": (fraction, "in [0, 1)"),
+    "loss.pyramid.centre_radius": (positive, "> 0"),
+    "loss.pyramid.focal_alpha": (lambda v: v <= 1, "<= 1 (< 0 disables it)"),
+    "loss.pyramid.focal_gamma": (nonnegative, ">= 0"),
+    "loss.pyramid.reg_weight": (nonnegative, ">= 0"),
     "loss.cost_class": (nonnegative, ">= 0"),
     "loss.cost_l1": (nonnegative, ">= 0"),
     "loss.cost_iou": (nonnegative, ">= 0"),
@@ -280,6 +339,9 @@ def _check_run(cfg: Config) -> None:
         raise ConfigError(f"eval.top_k: must be >= 1, got {cfg.eval.top_k}")
     if not 0 <= cfg.eval.dense_fusion <= 1:
         raise ConfigError(f"eval.dense_fusion: must be in [0, 1], got {cfg.eval.dense_fusion}")
+    if cfg.model.arch == "pyramid" and cfg.eval.dense_fusion > 0:
+        raise ConfigError("eval.dense_fusion fuses the query-point detector's dense head; "
+                          "model.arch = \"pyramid\" scores every step itself: set it to 0")
     if not 0.0 <= cfg.train.ema < 1.0:
         raise ConfigError(f"train.ema: the EMA decay must be in [0, 1), got {cfg.train.ema}")
     if cfg.train.grad_accum < 1:

@@ -84,7 +84,11 @@ def test_ablation_trains_every_config_writes_the_table_and_skips_done_runs(tiny_
     assert [t["config"] for t in table] == ["default", "l1", "baseline-probe"]
     assert float(table[1]["f1_strict"]) == pytest.approx(rows[1]["f1_strict"])
     md = (out / "ablation.md").read_text()
-    assert "| config | changed keys | f1_miga | f1_strict | mAP | params | s/epoch |" in md
+    assert ("| config | changed keys | f1_miga | f1_strict | mAP | R <0.8s | params | s/epoch |"
+            in md)
+    # The recall of the shortest ground truths is the metrics.json figure.
+    short = json.loads((out / "l1" / "metrics.json").read_text())["recall_by_duration"]["<0.8s"]
+    assert rows[1]["recall_short"] == short["recall"]
     assert json.loads((out / "ablation.json").read_text())["feature_set"]["key"] == fs.key
 
     stamp = [(out / n / "metrics.json").stat().st_mtime_ns for n in ("default", "l1")]

@@ -55,6 +55,7 @@ from detect.apps.predict import RunFeatures, backbone_for, run_features
 from detect.data.windows import window_step
 from detect.inference.detections import Detections
 from detect.inference.online import OnlineDetector, WindowSettings
+from detect.inference.postprocess import DecodeOptions
 from detect.inference.predictor import load_run_model
 from detect.runs import read_run, score_threshold
 from extract.decode import DecodeError, DecodeSettings, FrameStream, is_live
@@ -316,10 +317,11 @@ def stream(source: str, run: Path, out: Path | None = None,
     decode = DecodeSettings(ecfg.fps, ecfg.short_side, ecfg.crop)
     frames_src = FrameStream(source, decode, chunk=ecfg.stride, track_pts=False)
     frames = _Frames(paced(frames_src, ecfg.fps) if opts.realtime else frames_src)
-    online = OnlineDetector(s.model, s.online_settings, cfg.eval.nms_iou, s.threshold,
-                            focal=cfg.loss.focal, device=s.device,
-                            on_window=lambda n, sec: result.stage_two.append((n, sec)),
-                            top_k=cfg.eval.top_k, dense_fusion=cfg.eval.dense_fusion)
+    ws = s.online_settings
+    online = OnlineDetector(s.model, ws, cfg.eval.nms_iou, s.threshold,
+                            decode=DecodeOptions.of(cfg, ws.stride, ws.fps, ws.window),
+                            device=s.device,
+                            on_window=lambda n, sec: result.stage_two.append((n, sec)))
     bar = progress_bar(desc=f"stream {source}", unit="frame", enabled=progress, leave=False)
     t_start = time.monotonic()
     try:

@@ -1,8 +1,9 @@
 """Inference over a subset's windows, merged per video, and its metrics.
 
-mAP is computed on the full ranked list of detections; F1 (MiGA and strict) on the detections
-that pass the score threshold. On `val` the threshold is the one that maximises F1 there; `eval`
-on `test` uses the threshold stored with the checkpoint (never tuned on `test`).
+mAP is computed on the full ranked list of detections; F1 (MiGA and strict) and the recall by
+ground-truth duration on the detections that pass the score threshold. On `val` the threshold
+is the one that maximises F1 there; `eval` on `test` uses the threshold stored with the
+checkpoint (never tuned on `test`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def score_detections(
     cfg: EvalConfig,
     threshold: float | None,
 ) -> dict[str, Any]:
-    """F1s on the detections at or above `threshold` (None: the F1-best one on this subset), mAP
-    and per-class AP on all of them; the threshold used is in "threshold"."""
+    """F1s and the recall by ground-truth duration ("recall_by_duration") on the detections at or
+    above `threshold` (None: the F1-best one on this subset), the detections a user gets; mAP and
+    per-class AP on all of them; the threshold used is in "threshold"."""
     if threshold is None:
         threshold, _ = best_threshold(preds, ann, subset, cfg.match_iou)
     kept = apply_threshold(preds, threshold)

@@ -24,6 +24,13 @@ therefore never be matched, as in the organisers' scorer.
   `map` is the mean over thresholds. Ties in score keep video order, then detection order.
 - per_class: P, R and F1 by the MiGA rule restricted to one class (so they add up to the
   headline counts), AP averaged over thresholds (None for a class without ground truth).
+- recall_by_duration: MiGA recall (a ground truth is found when a prediction of its class has
+  tIoU > match_iou with it) by ground-truth duration end - start, in the bins cut at
+  `DURATION_BINS` seconds ("<0.8s" [0, 0.8), "0.8-2s" [0.8, 2), "2-4s" [2, 4), ">=4s" [4, inf)).
+  Each bin gives recall = matched / support (0 when support is 0), matched and support; matched
+  and support add up to `matched_gt_miga` and `num_ground_truth`. Durations are rounded to 1e-6 s
+  before binning, so a gesture of exactly 20 frames at 25 fps lands in "0.8-2s" however the
+  subtraction rounds.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from detect.inference.detections import Detections, load_predictions, tiou
 from extract.io import atomic_write_json
 
 DEFAULT_IOUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Edges (seconds) of the ground-truth duration bins of `recall_by_duration`: short micro-gestures
+# are the hard ones, and one recall over all of them hides that.
+DURATION_BINS = (0.8, 2.0, 4.0)
 
 
 def _pairs(
@@ -115,6 +125,39 @@ def best_threshold(
     widths = [cand[r[-1]] - lo for r, lo in zip(runs, lows, strict=True)]
     k = int(np.argmax(widths))
     return float((lows[k] + cand[runs[k][-1]]) / 2), float(f1[best[0]])
+
+
+def duration_labels(edges: Sequence[float] = DURATION_BINS) -> list[str]:
+    """Labels of the len(edges) + 1 duration bins cut at `edges` (seconds, strictly increasing,
+    positive), e.g. ["<0.8s", "0.8-2s", "2-4s", ">=4s"] for `DURATION_BINS`."""
+    e = np.asarray(edges, np.float64)
+    ok = e.ndim == 1 and e.size > 0 and bool(np.all(np.isfinite(e)) and np.all(np.diff(e) > 0))
+    if not ok or e[0] <= 0:
+        raise ValueError(f"duration bins must be positive and strictly increasing, got {edges}")
+    inner = [f"{a:g}-{b:g}s" for a, b in zip(e[:-1], e[1:], strict=True)]
+    return [f"<{e[0]:g}s", *inner, f">={e[-1]:g}s"]
+
+
+def _recall_by_duration(
+    pairs: list[tuple[Detections, VideoAnnotations]],
+    match_iou: float,
+    edges: Sequence[float] = DURATION_BINS,
+) -> dict[str, dict[str, Any]]:
+    """MiGA recall per ground-truth duration bin (module docstring): label -> recall, matched,
+    support."""
+    labels = duration_labels(edges)
+    found = [_hits(d, g, match_iou).any(axis=0) for d, g in pairs]
+    dur = [g.segments[:, 1] - g.segments[:, 0] for _, g in pairs]
+    found_all = np.concatenate(found) if found else np.zeros(0, bool)
+    # Times come from frame / fps, so a duration on an edge can come out 1 ulp short of it.
+    dur_all = np.round(np.concatenate(dur), 6) if dur else np.zeros(0)
+    bins = np.digitize(dur_all, np.asarray(edges, np.float64))  # i: edges[i-1] <= d < edges[i]
+    support = np.bincount(bins, minlength=len(labels))
+    matched = np.bincount(bins[found_all], minlength=len(labels))
+    return {
+        lab: {"recall": float(m / n) if n else 0.0, "matched": int(m), "support": int(n)}
+        for lab, m, n in zip(labels, matched, support, strict=True)
+    }
 
 
 def _prf(tp_for_p: int, num_pred: int, tp_for_r: int, num_gt: int) -> tuple[float, float, float]:
@@ -267,9 +310,11 @@ def score(
     subset: str,
     iou_thresholds: Sequence[float] = DEFAULT_IOUS,
     match_iou: float = 0.3,
+    duration_bins: Sequence[float] = DURATION_BINS,
 ) -> dict[str, Any]:
     """All metrics of one subset (module docstring). Values are fractions in [0, 1]; `map` and
-    the F1s are 0 when the subset has no ground truth."""
+    the F1s are 0 when the subset has no ground truth. `duration_bins`: the edges (seconds) of
+    the ground-truth duration bins of `recall_by_duration`."""
     miga = f1_miga(predictions, annotations, subset, match_iou)
     strict = f1_strict(predictions, annotations, subset, match_iou)
     ap = average_precision(predictions, annotations, subset, iou_thresholds)
@@ -316,11 +361,13 @@ def score(
         "num_ground_truth": miga["num_gt"],
         "matched_gt_miga": miga["matched_gt"],
         "matched_strict": strict["matched"],
+        "recall_by_duration": _recall_by_duration(pairs, match_iou, duration_bins),
     }
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """The per-class table (AP, P, R, F1, support) and the headline numbers, as text."""
+    """The per-class table (AP, P, R, F1, support), the headline numbers and the recall by
+    ground-truth duration (when present), as text."""
     names = list(metrics["per_class"])
     width = max([len("class"), *(len(n) for n in names)])
     lines = [f"{'class':<{width}}  {'AP':>6} {'P':>6} {'R':>6} {'F1':>6} {'support':>8}"]
@@ -343,6 +390,12 @@ def format_table(metrics: dict[str, Any]) -> str:
         f"(P {metrics['precision_strict']:.4f}, R {metrics['recall_strict']:.4f})",
         f"mAP (mean over {len(at)} tIoU): {metrics['map']:.4f}" + (f"  ({shown})" if shown else ""),
     ]
+    if "recall_by_duration" in metrics:  # metrics files written before it existed lack it
+        bins = "  ".join(
+            f"{lab} {b['recall']:.3f} ({b['matched']}/{b['support']})"
+            for lab, b in metrics["recall_by_duration"].items()
+        )
+        lines.append(f"recall by duration (class match, tIoU > {metrics['match_iou']:g}): {bins}")
     return "\n".join(lines)
 
 

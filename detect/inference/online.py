@@ -124,18 +124,24 @@ class OnlineDetector:
     """Feed feature steps as they come (`push`), get the detections that became final; `finish`
     runs the tail window and returns the rest.
 
-    model: features (B, W, C) [, res4 (B, W, C4)] -> dict with logits (L, B, Nq, K+1) and
-    segments (L, B, Nq, 2), as `Detector`. Holds at most about W + hop + one push of steps.
+    model: features (B, W, C) [, res4 (B, W, C4)] -> a detector's outputs (`Detector` or
+    `PyramidDetector`), decoded by `decode_outputs`. Holds at most about W + hop + one push of
+    steps.
     """
 
     def __init__(self, model: torch.nn.Module, settings: WindowSettings, nms_iou: float,
-                 threshold: float, focal: bool = False, device: torch.device | None = None,
-                 on_window: Callable[[int, float], None] | None = None, top_k: int = 1,
-                 dense_fusion: float = 0.0) -> None:
+                 threshold: float, decode: DecodeOptions | None = None,
+                 device: torch.device | None = None,
+                 on_window: Callable[[int, float], None] | None = None) -> None:
+        """decode: how outputs become detections (a run's `DecodeOptions.of`); its window,
+        stride and fps must be the settings'. Default: the query-point detector's defaults."""
         self.model = model.eval()
         self.s = settings
-        self.decode = DecodeOptions(settings.window, settings.stride, settings.fps, focal, top_k,
-                                    dense_fusion)
+        self.decode = decode or DecodeOptions(settings.window, settings.stride, settings.fps)
+        if (self.decode.window, self.decode.stride, self.decode.fps) != (
+                settings.window, settings.stride, settings.fps):
+            raise ValueError(f"decode options {self.decode} disagree with the window settings "
+                             f"{settings}")
         self.device = device or torch.device("cpu")
         self.merger = OnlineMerger(nms_iou, threshold)
         self.on_window = on_window  # (windows, seconds) per model call: for the bench

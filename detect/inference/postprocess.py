@@ -92,9 +92,61 @@ def decode_windows(
     return out
 
 
+def decode_pyramid(
+    cls_logits: torch.Tensor | np.ndarray,
+    segments: torch.Tensor | np.ndarray,
+    meta: Sequence[tuple[str, int, int]],
+    stride: int,
+    fps: float,
+    window: int,
+    levels: int,
+    topk: int = 200,
+    threshold: float = 0.001,
+) -> dict[str, list[Detections]]:
+    """The pyramid detector's window outputs -> detections in seconds, one `Detections` per
+    window, keyed by video.
+
+    cls_logits: (B, N, C) over the points of `detect.model.pyramid.pyramid_points(W, levels)`;
+    segments: (B, N, 2) (start, end) in window time. Every (point, class) pair is a candidate
+    scored sigmoid(logit); a window keeps the `topk` best with score > `threshold` among points
+    whose centre lies in the window's valid steps (ActionFormer's pre-NMS selection). Segments are
+    clipped to the valid part and mapped to seconds as in `decode_windows`; a segment with no
+    length left is dropped.
+    """
+    from detect.model.pyramid import pyramid_points
+
+    lg, seg = _numpy(cls_logits), _numpy(segments)
+    if lg.ndim != 3 or seg.shape != (*lg.shape[:2], 2):
+        raise ValueError(
+            f"cls_logits must be (B, N, C) and segments (B, N, 2), got {lg.shape} and {seg.shape}"
+        )
+    B, N, C = lg.shape
+    if len(meta) != B:
+        raise ValueError(f"{len(meta)} meta entries for a batch of {B} windows")
+    centres = pyramid_points(window, levels)[0].numpy()
+    if centres.shape[0] != N:
+        raise ValueError(f"{N} points in the outputs, {centres.shape[0]} for a window of "
+                         f"{window} steps and {levels} levels")
+    probs = 1.0 / (1.0 + np.exp(-lg))
+    sec = stride / fps
+    out: dict[str, list[Detections]] = {}
+    for b, (vid, start, valid) in enumerate(meta):
+        p = np.where((centres < valid)[:, None], probs[b], 0.0).reshape(-1)
+        cand = np.flatnonzero(p > threshold)
+        cand = cand[np.argsort(-p[cand], kind="stable")[:topk]]
+        point, label = cand // C, cand % C
+        lo = np.clip(np.minimum(seg[b, point, 0], seg[b, point, 1]), 0.0, valid / window)
+        hi = np.clip(np.maximum(seg[b, point, 0], seg[b, point, 1]), 0.0, valid / window)
+        dets = Detections((start + lo * window) * sec, (start + hi * window) * sec, label,
+                          p[cand])
+        out.setdefault(vid, []).append(dets.take(hi > lo))
+    return out
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How window outputs become detections (`decode_windows`'s settings past the outputs)."""
+    """How window outputs become detections (`decode_windows`'s and `decode_pyramid`'s settings
+    past the outputs)."""
 
     window: int
     stride: int
@@ -102,18 +154,28 @@ class DecodeOptions:
     focal: bool = False
     top_k: int = 1
     dense_fusion: float = 0.0
+    levels: int = 1  # the pyramid detector's levels, topk and threshold
+    pre_nms_topk: int = 200
+    pre_nms_threshold: float = 0.001
 
     @classmethod
     def of(cls, cfg: Config, stride: int, fps: float, window: int | None = None
            ) -> DecodeOptions:
-        """A run's settings: loss.focal, eval.top_k, eval.dense_fusion, data.window."""
+        """A run's settings: loss.focal, eval.top_k, eval.dense_fusion, data.window and
+        [model.pyramid]'s levels and pre-NMS selection."""
+        p = cfg.model.pyramid
         return cls(window or cfg.data.window, stride, fps, cfg.loss.focal, cfg.eval.top_k,
-                   cfg.eval.dense_fusion)
+                   cfg.eval.dense_fusion, p.levels, p.pre_nms_topk, p.pre_nms_threshold)
 
 
 def decode_outputs(out: dict[str, torch.Tensor], meta: Sequence[tuple[str, int, int]],
                    opts: DecodeOptions) -> dict[str, list[Detections]]:
-    """The model's last-layer outputs for a batch of windows -> `decode_windows`."""
+    """The model's outputs for a batch of windows -> `decode_pyramid` for the pyramid detector
+    (its outputs carry `cls_logits`), else `decode_windows` on the last decoder layer."""
+    if "cls_logits" in out:
+        return decode_pyramid(out["cls_logits"].float().cpu(), out["segments"].float().cpu(),
+                              meta, opts.stride, opts.fps, opts.window, opts.levels,
+                              opts.pre_nms_topk, opts.pre_nms_threshold)
     return decode_windows(
         out["logits"][-1].float().cpu(),
         out["segments"][-1].float().cpu(),

@@ -1,11 +1,12 @@
-"""The network a config asks for: the detector on cached features, or I3D + detector (e2e)."""
+"""The network a config asks for: a detector on cached features (`model.arch`), or I3D + detector
+(e2e)."""
 
 from __future__ import annotations
 
 import torch
 
 from detect.config import Config
-from detect.model.detector import Detector
+from detect.model.detectors import build_detector
 from detect.model.e2e import build_e2e_model, e2e_parameter_groups
 from extract.training import parameter_groups
 
@@ -16,7 +17,7 @@ def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,
     random backbone to load a checkpoint into)."""
     if cfg.mode == "e2e":
         return build_e2e_model(cfg, num_classes, pretrained=pretrained)
-    return Detector(cfg.model, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
+    return build_detector(cfg.model, in_dim, num_classes, res4_dim)
 
 
 def training_groups(cfg: Config, model: torch.nn.Module) -> list[dict]:

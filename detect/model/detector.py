@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from detect.config import ModelConfig
 from detect.model.decoder import DecoderLayer, num_boundary_points, points_to_segments
+from detect.model.inputs import FeatureInput
 
 # Initial segment lengths in window units (about 2, 4, 8, 16 feature steps at W = 128): SMG
 # micro-gestures last 1 to 11 feature steps (p5 to p95), so the prior covers that range and more.
@@ -86,7 +87,7 @@ class TemporalEncoder(nn.Module):
         return x
 
 
-class Detector(nn.Module):
+class Detector(FeatureInput):
     """Query-point detector.
 
     forward(features (B, W, in_dim), res4 (B, W, res4_dim) | None) -> dict with
@@ -114,17 +115,9 @@ class Detector(nn.Module):
         if cfg.num_points < 2:
             raise ValueError(f"model.num_points must be >= 2, got {cfg.num_points}")
         self.cfg = cfg
-        self.in_dim, self.res4_dim, self.num_classes = in_dim, res4_dim, num_classes
+        self.num_classes = num_classes
         D = cfg.hidden_dim
-        self.input_drop = nn.Dropout(cfg.input_dropout)
-        self.input_proj = nn.Linear(in_dim, D)
-        self.res4_proj = nn.Linear(res4_dim, D) if res4_dim > 0 else None
-        # Per-channel standardisation of the inputs (set from the training set by the trainer,
-        # identity by default), kept in the state_dict so every checkpoint carries its own.
-        self.register_buffer("input_mean", torch.zeros(in_dim))
-        self.register_buffer("input_std", torch.ones(in_dim))
-        self.register_buffer("res4_mean", torch.zeros(max(res4_dim, 0)))
-        self.register_buffer("res4_std", torch.ones(max(res4_dim, 0)))
+        self.init_inputs(in_dim, res4_dim, D, cfg.input_dropout)
         self.query_embed = nn.Embedding(cfg.num_queries, D)  # N(0, 1) init
         self.query_points = nn.Parameter(init_query_points(cfg.num_queries, cfg.num_points))
         total_mamba = cfg.num_layers * cfg.mamba.layers if cfg.query_mixer == "mamba_mhsa" else 0
@@ -138,36 +131,6 @@ class Detector(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """The initial query points are positions in the window, not weights to shrink."""
         return {"query_points"}
-
-    def project(self, features: Tensor, res4: Tensor | None = None) -> Tensor:
-        """Input projection(s), summed: (B, W, in_dim) [+ (B, W, res4_dim)] -> (B, W, D)."""
-        if features.ndim != 3 or features.shape[-1] != self.in_dim:
-            raise ValueError(f"features must be (B, W, {self.in_dim}), got {tuple(features.shape)}")
-        if features.shape[1] < 1:
-            raise ValueError("features have an empty window (W = 0)")
-        x = self.input_proj(self.input_drop((features - self.input_mean) / self.input_std))
-        if self.res4_proj is None:
-            if res4 is not None:
-                raise ValueError("res4 features given but the detector was built with res4_dim=0")
-            return x
-        if res4 is None:
-            raise ValueError(f"the detector was built with res4_dim={self.res4_dim}; pass res4")
-        if res4.shape != (*features.shape[:2], self.res4_dim):
-            raise ValueError(
-                f"res4 must be (B, W, {self.res4_dim}) = {(*features.shape[:2], self.res4_dim)}, "
-                f"got {tuple(res4.shape)}"
-            )
-        return x + self.res4_proj(self.input_drop((res4 - self.res4_mean) / self.res4_std))
-
-    @torch.no_grad()
-    def set_input_stats(self, mean: Tensor, std: Tensor, res4_mean: Tensor | None = None,
-                        res4_std: Tensor | None = None, eps: float = 1e-6) -> None:
-        """Standardise inputs per channel with these statistics ((in_dim,) and (res4_dim,))."""
-        self.input_mean.copy_(mean)
-        self.input_std.copy_(std.clamp_min(eps))
-        if self.res4_proj is not None and res4_mean is not None and res4_std is not None:
-            self.res4_mean.copy_(res4_mean)
-            self.res4_std.copy_(res4_std.clamp_min(eps))
 
     def forward(self, features: Tensor, res4: Tensor | None = None) -> dict[str, Tensor]:
         x = self.project(features, res4)

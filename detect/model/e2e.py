@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from detect.config import BackboneConfig, Config
 from detect.data.augment import photometric
 from detect.data.windows import WindowDataset
-from detect.model.detector import Detector
+from detect.model.detectors import build_detector
+from detect.model.inputs import FeatureInput
 from extract.cache import FeatureSet
 from extract.decode import normalize
 from extract.i3d import RES4_DIM, RES5_DIM, I3DBackbone, build_backbone, pool_steps, required_halo
@@ -40,16 +41,17 @@ def frozen_blocks(frozen_stages: int) -> list[int]:
 
 
 class E2EDetector(nn.Module):
-    """I3D backbone + query-point detector in one graph.
+    """I3D backbone + detector (`model.arch`) in one graph.
 
     forward(frames, offsets, valid, window, jitter) -> the detector's outputs (see
-    `detect.model.detector.Detector`). frames: list of B (n_i, h, w, 3) uint8 windows with their
-    halo; offsets: core start of each in frames; valid: feature steps in each core; window: W
+    `detect.model.detector.Detector` or `detect.model.pyramid.PyramidDetector`). frames: list
+    of B (n_i, h, w, 3) uint8 windows with their halo; offsets: core start of each in frames;
+    valid: feature steps in each core; window: W
     (cores shorter than W are padded by repeating the last feature, as cached windows are);
     jitter: (B, 4) photometric parameters or None.
     """
 
-    def __init__(self, backbone: I3DBackbone, detector: Detector, stride: int,
+    def __init__(self, backbone: I3DBackbone, detector: FeatureInput, stride: int,
                  cfg: BackboneConfig) -> None:
         super().__init__()
         if stride % 2:
@@ -138,7 +140,7 @@ def build_e2e_model(cfg: Config, num_classes: int, pretrained: bool = True) -> E
     weights = cfg.backbone.weights if pretrained else "random"
     backbone, _ = build_backbone(weights, cfg.backbone.seed, res4=cfg.data.use_res4)
     res4_dim = RES4_DIM if cfg.data.use_res4 else 0
-    detector = Detector(cfg.model, in_dim=RES5_DIM, num_classes=num_classes, res4_dim=res4_dim)
+    detector = build_detector(cfg.model, RES5_DIM, num_classes, res4_dim)
     return E2EDetector(backbone, detector, cfg.data.stride, cfg.backbone)
 
 

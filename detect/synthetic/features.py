@@ -188,18 +188,19 @@ def _smg_extras(
     own: np.ndarray,
     groups: np.ndarray,
     step_s: float,
+    distractors: float = SMG_DISTRACTORS,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The SMG profile's class bodies (17, dim) and distractors (ft (m, 2), directions (m, dim)).
 
     A class body is its own direction plus its body-part group's (a fraction SMG_SHARED of the
     energy), so gestures of one body part look alike; distractors are unlabelled movements of a
-    body part (its group direction plus a random part), SMG_DISTRACTORS per labelled instance,
+    body part (its group direction plus a random part), `distractors` per labelled instance,
     placed uniformly over the video with SMG's durations.
     """
     dim = own.shape[1]
     member = smg_profile.class_groups()
     body = math.sqrt(1 - SMG_SHARED) * own + math.sqrt(SMG_SHARED) * groups[member]
-    m = int(round(SMG_DISTRACTORS * len(ft)))
+    m = int(round(distractors * len(ft)))
     frames = smg_profile.quantile_sample(rng.random(m), smg_profile.DURATION_KNOTS)
     dur_steps = frames / smg_profile.SOURCE_FPS / step_s
     starts = rng.uniform(0, max(num_steps - 1, 1), size=m)
@@ -211,6 +212,37 @@ def _smg_extras(
     rand /= np.linalg.norm(rand, axis=1, keepdims=True)
     dirs = math.sqrt(0.5) * groups[g] + math.sqrt(0.5) * rand
     return body, (np.stack([starts, starts + dur_steps], 1), dirs)
+
+
+def video_length(rng: np.random.Generator, min_duration_s: float, max_duration_s: float,
+                 source_fps: float, fps: float, stride: int) -> tuple[float, int, int]:
+    """A synthetic video's duration (s, on the source frame grid), frames at `fps` and feature
+    steps."""
+    duration = round(rng.uniform(min_duration_s, max_duration_s) * source_fps) / source_fps
+    num_frames = int(math.floor(duration * fps + 1e-9))
+    return duration, num_frames, num_frames // stride
+
+
+def write_synthetic_video(fs: FeatureSet, vid: str, feats: np.ndarray, duration: float,
+                          num_frames: int, source_fps: float, extra: dict) -> None:
+    """One synthetic video's features (T, dim) into the feature set, with their timestamps and
+    the metadata a real extraction writes (`extra`: the generator's settings)."""
+    meta = FeatureMeta(
+        video_id=vid,
+        fps=fs.fps,
+        stride=fs.stride,
+        source_path=f"synthetic://{vid}",
+        source_fps=source_fps,
+        duration=duration,
+        num_frames=num_frames,
+        model="synthetic",
+        weights="synthetic",
+        weights_sha256="",
+        layers=["synthetic"],
+        mgdet_version=mgdet_version(),
+        extra=extra,
+    )
+    write_video(fs.video_path(vid), feats, feature_timestamps(len(feats), fs.stride, fs.fps), meta)
 
 
 def _check_settings(profile: str, videos: int, classes: int | None, noise: float,
@@ -227,13 +259,19 @@ def _check_settings(profile: str, videos: int, classes: int | None, noise: float
         raise ValueError(f"need at least one video and one class, got {videos} and {classes}")
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
+    check_signal_and_lengths(amplitude, min_duration_s, max_duration_s)
+    return classes
+
+
+def check_signal_and_lengths(amplitude: float, min_duration_s: float, max_duration_s: float
+                             ) -> None:
+    """ValueError for an amplitude or video lengths no set can have (every generator's rule)."""
     if amplitude <= 0:
         raise ValueError(f"amplitude must be > 0, got {amplitude}")
     if not 0 < min_duration_s <= max_duration_s:
         raise ValueError(
             f"need 0 < min_duration_s <= max_duration_s, got {min_duration_s}, {max_duration_s}"
         )
-    return classes
 
 
 def synth_feature_set(
@@ -254,6 +292,7 @@ def synth_feature_set(
     split: tuple[float, float, float] = (0.7, 0.15, 0.15),
     profile: str = "basic",
     amplitude: float = 1.0,
+    distractors: float = SMG_DISTRACTORS,
 ) -> tuple[FeatureSet, Path]:
     """Write `out/annotations.json` and a feature set under `out/features/<key>/`.
 
@@ -265,7 +304,8 @@ def synth_feature_set(
     profile "smg": SMG's 17 classes, names and frequencies, durations, bursty gaps and overlaps
     (detect.synthetic.smg_profile; the instance-length and overlap arguments do not apply), class
     signatures shared within a body-part group, unlabelled distractor movements and an I3D-like
-    temporal blur. `amplitude` scales every planted signal against the noise (both profiles).
+    temporal blur; `distractors` unlabelled movements per labelled instance. `amplitude` scales
+    every planted signal against the noise (both profiles).
     Returns the feature set and the annotation path.
     """
     smg = profile == "smg"
@@ -301,7 +341,7 @@ def synth_feature_set(
     if smg:
         for k in ("min_instance_s", "max_instance_s", "overlap_prob"):
             del settings[k]
-        settings.update(profile="smg", shared=SMG_SHARED, distractors=SMG_DISTRACTORS,
+        settings.update(profile="smg", shared=SMG_SHARED, distractors=distractors,
                         blur=list(SMG_BLUR))
     if amplitude != 1.0:  # so the default sets keep their keys
         settings["amplitude"] = amplitude
@@ -321,36 +361,22 @@ def synth_feature_set(
     for i in progress_bar(range(videos), desc="synthetic videos", leave=False):
         vid = f"synth{i:04d}"
         vrng = np.random.default_rng([seed, i])  # per video, so videos do not shift each other
-        duration = round(vrng.uniform(min_duration_s, max_duration_s) * source_fps) / source_fps
-        num_frames = int(math.floor(duration * fps + 1e-9))
-        num_steps = num_frames // stride
+        duration, num_frames, num_steps = video_length(vrng, min_duration_s, max_duration_s,
+                                                       source_fps, fps, stride)
         extras: dict = {}
         if smg:
             segs, labels = smg_profile.timeline(vrng, num_steps * step_s, source_fps)
-            body, distractors = _smg_extras(vrng, num_steps, segs / step_s, dirs[:classes],
-                                            dirs[3 * classes + 2 :], step_s)
-            extras = dict(body=body, distractors=distractors, blur=np.array(SMG_BLUR))
+            body, moves = _smg_extras(vrng, num_steps, segs / step_s, dirs[:classes],
+                                      dirs[3 * classes + 2 :], step_s, distractors)
+            extras = dict(body=body, distractors=moves, blur=np.array(SMG_BLUR))
         else:
             segs, labels = _timeline(vrng, num_steps * step_s, class_p, min_inst,
                                      max_instance_s, min_gap, overlap, source_fps)
         feats = _features(vrng, num_steps, segs / step_s, labels, dirs, classes, noise,
                           amplitude, **extras)
-        meta = FeatureMeta(
-            video_id=vid,
-            fps=fps,
-            stride=stride,
-            source_path=f"synthetic://{vid}",
-            source_fps=source_fps,
-            duration=duration,
-            num_frames=num_frames,
-            model="synthetic",
-            weights="synthetic",
-            weights_sha256="",
-            layers=["synthetic"],
-            mgdet_version=mgdet_version(),
-            extra={"seed": seed, "noise": noise, "profile": profile, "amplitude": amplitude},
-        )
-        write_video(fs.video_path(vid), feats, feature_timestamps(num_steps, stride, fps), meta)
+        write_synthetic_video(fs, vid, feats, duration, num_frames, source_fps,
+                              {"seed": seed, "noise": noise, "profile": profile,
+                               "amplitude": amplitude})
         entries[vid] = VideoAnnotations(subsets[i], duration, source_fps, segs, labels)
     ann_path = out / "annotations.json"
     save_annotations(ann_path, Annotations(classes=names, videos=entries))

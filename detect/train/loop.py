@@ -32,6 +32,7 @@ from detect.model.e2e import feature_mismatch, run_model
 from detect.runs import BEST, LAST, check_feature_set, read_run, write_run_files
 from detect.train.ema import WeightEMA
 from detect.train.losses import SetCriterion
+from detect.train.pyramid_loss import PyramidCriterion
 from extract.cache import FeatureSet
 from extract.config import config_to_dict
 from extract.i3d import RES4_DIM, RES5_DIM
@@ -101,7 +102,7 @@ class _Run:
     net: torch.nn.Module  # the model, or its DDP wrapper
     in_dim: int
     res4_dim: int
-    criterion: SetCriterion
+    criterion: SetCriterion | PyramidCriterion
     optim: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     ema: WeightEMA | None
@@ -212,7 +213,7 @@ def _setup(cfg: Config, fs: FeatureSet, ann: Annotations, out: Path, device: tor
                                     for t in feature_stats(train_ds)])
     elif val_ds is not None and check_backbone and ddp.main:
         _report_feature_mismatch(model, val_ds, fs)
-    criterion = SetCriterion(cfg.loss, len(ann.classes))
+    criterion = build_criterion(cfg, len(ann.classes))
     optim = torch.optim.AdamW(training_groups(cfg, model), lr=cfg.train.lr)
     return _Run(
         cfg, out, device, ddp, ann, train_ds, val_ds, model, model, in_dim, res4_dim,
@@ -222,6 +223,14 @@ def _setup(cfg: Config, fs: FeatureSet, ann: Annotations, out: Path, device: tor
         ema=WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None,
         threads=threads,
     )
+
+
+def build_criterion(cfg: Config, num_classes: int) -> SetCriterion | PyramidCriterion:
+    """The losses of the config's detector (`model.arch`)."""
+    if cfg.model.arch == "pyramid":
+        p = cfg.model.pyramid
+        return PyramidCriterion(cfg.loss.pyramid, num_classes, p.levels, p.range_base)
+    return SetCriterion(cfg.loss, num_classes)
 
 
 def _report_feature_mismatch(model: torch.nn.Module, val_ds: WindowDataset,
@@ -297,7 +306,8 @@ def _losses(run: _Run, batch: dict[str, Any], epoch: int, step: int
     outputs = {k: v.float() for k, v in outputs.items()}
     bad = [k for k, v in outputs.items() if not torch.isfinite(v).all()]
     if not bad:
-        loss, logs = run.criterion(outputs, batch["targets"], batch["dense"])
+        loss, logs = run.criterion(outputs, batch["targets"], batch["dense"],
+                                   valid=[m[2] for m in batch["meta"]])
         if not torch.isfinite(loss):
             bad = ["loss"]
     if bad:

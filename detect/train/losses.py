@@ -41,7 +41,7 @@ from detect.model.segments import paired_iou_loss, se_to_cl
 from detect.train.matching import HungarianMatcher, Match, check_targets
 
 
-def _num_gt(count: int, device: torch.device) -> Tensor:
+def mean_instance_count(count: int, device: torch.device) -> Tensor:
     """The normaliser of the per-instance losses: mean count per process, at least 1."""
     n = torch.tensor(float(count), device=device)
     if dist.is_available() and dist.is_initialized():
@@ -138,10 +138,13 @@ class SetCriterion:
         return l1, iou
 
     def __call__(
-        self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]], dense: Tensor
+        self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]], dense: Tensor,
+        valid: list[int] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """outputs: `logits` (L, B, Nq, C+1), `segments` (L, B, Nq, 2), `dense_logits` (B, W, C);
         targets: per sample {`labels` (n,), `segments` (n, 2)}; dense (B, W, C) multi-hot.
+        valid (steps of video per window) is accepted for a common signature with
+        `PyramidCriterion`; PointTAD's losses train the padding as background, and so do these.
 
         Returns (total loss, {name: detached unweighted scalar}).
         """
@@ -151,7 +154,7 @@ class SetCriterion:
         device = logits.device
         labels, segs, sizes = check_targets(targets, batch, self.num_classes)
         labels, segs = labels.to(device), segs.to(device)
-        num_gt = _num_gt(sum(sizes), device)
+        num_gt = mean_instance_count(sum(sizes), device)
 
         layers = list(range(n_layers)) if self.cfg.aux else [n_layers - 1]
         # Matching never needs the graph; with aux all layers go through without a copy.

@@ -1,0 +1,16 @@
+"""The detector a model config asks for (`model.arch`), on features of a given width."""
+
+from __future__ import annotations
+
+from detect.config import ModelConfig
+from detect.model.detector import Detector
+from detect.model.inputs import FeatureInput
+from detect.model.pyramid import PyramidDetector
+
+
+def build_detector(cfg: ModelConfig, in_dim: int, num_classes: int, res4_dim: int = 0
+                   ) -> FeatureInput:
+    """"pointtad": the query-point detector; "pyramid": the dense pyramid detector."""
+    if cfg.arch == "pyramid":
+        return PyramidDetector(cfg, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
+    return Detector(cfg, in_dim=in_dim, num_classes=num_classes, res4_dim=res4_dim)
