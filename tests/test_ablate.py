@@ -131,3 +131,15 @@ def test_ablation_resumes_after_kill_9_without_redoing_finished_epochs(tiny_set,
     assert after[: len(before) - 1] == before[:-1]
     drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert drop(after[len(before) - 1]) == drop(before[-1])
+
+
+def test_the_short_recall_column_is_the_shortest_bin_whatever_the_key_order():
+    from detect.experiments.ablate import _headline
+
+    # metrics.json is written with sorted keys, so "<0.8s" is not the first bin there.
+    bins = {"0.8-2s": {"recall": 0.9}, "2-4s": {"recall": 0.8}, "<0.8s": {"recall": 0.2},
+            ">=4s": {"recall": 0.7}}
+    m = {"f1_miga": 0.5, "f1_strict": 0.4, "map": 0.1, "recall_by_duration": bins}
+    assert _headline(m) == {"f1_miga": 0.5, "f1_strict": 0.4, "map": 0.1, "recall_short": 0.2}
+    del m["recall_by_duration"]  # a run evaluated before the metric existed
+    assert _headline(m)["recall_short"] is None

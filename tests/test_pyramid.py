@@ -240,3 +240,33 @@ def test_online_equals_offline_windows(steps, hop, push):
     with pytest.raises(ValueError, match="disagree"):
         OnlineDetector(model, WindowSettings(W, hop, stride, fps), nms, thr,
                        decode=DecodeOptions(W + 1, stride, fps, levels=3))
+
+
+@pytest.mark.slow
+def test_a_pyramid_run_trains_resumes_evaluates_and_reports(tmp_path):
+    from detect.apps.report import write_report
+    from detect.evaluation.evaluate import evaluate_run
+    from detect.runs import BEST
+    from detect.synthetic.features import synth_feature_set
+    from detect.train.loop import train
+    from extract.io import load_checkpoint, read_metrics_rows
+
+    fs, ann = synth_feature_set(tmp_path / "d", videos=12, classes=3, seed=0, noise=0.0, dim=16,
+                                min_duration_s=40, max_duration_s=60)
+    cfg = load_config(None, [*PYR, "data.window=32", "train.epochs=12", "train.lr=3e-3",
+                             "train.batch_size=4", "train.device=cpu"])
+    train(cfg, fs.path, ann, tmp_path / "full", progress=False)
+    train(cfg, fs.path, ann, tmp_path / "cut", progress=False, max_epochs=5)
+    train(cfg, fs.path, ann, tmp_path / "cut", resume=True, progress=False)
+    rows = [read_metrics_rows(tmp_path / r) for r in ("full", "cut")]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows[0]] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in rows[1]]
+    assert {"train_loss_cls", "train_loss_reg"} <= set(rows[0][0])
+    assert isinstance(build_model(cfg, 16, 3, 0), PyramidDetector)
+    assert load_checkpoint(tmp_path / "full" / BEST)["threshold"] > 0
+    # The clean set is easy: a dense detector must find most of it.
+    metrics = evaluate_run(tmp_path / "full", "test", progress=False)
+    assert metrics["f1_strict"] >= 0.6, metrics
+    assert set(metrics["recall_by_duration"]) == {"<0.8s", "0.8-2s", "2-4s", ">=4s"}
+    page = write_report(tmp_path / "full", "test", progress=False).read_text()
+    assert "timeline-" in page and "RANDOM WEIGHTS" not in page

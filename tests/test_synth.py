@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from detect.data.annotations import load_annotations
 from detect.data.converters.smg import SMG_CLASSES
@@ -167,3 +168,26 @@ def test_smg_profile_rejects_other_class_counts(tmp_path):
         synth_feature_set(tmp_path, videos=2, classes=5, profile="smg")
     with pytest.raises(ValueError, match="profile must be one of"):
         synth_feature_set(tmp_path, videos=2, profile="smgg")
+
+
+def test_smg_blur_and_noise_keep_their_seconds_at_a_finer_stride(tmp_path):
+    from detect.synthetic.features import SMG_BLUR, smg_time_scale
+
+    kernel, k = smg_time_scale(0.4)
+    assert kernel.tolist() == list(SMG_BLUR) and k == 1  # stride 4: the sets as they were
+    for step_s in (0.2, 0.1):
+        kernel, k = smg_time_scale(step_s)
+        lags = np.arange(len(kernel)) - len(kernel) // 2
+        assert kernel.sum() == pytest.approx(1.0)
+        # The blur's variance in seconds^2 is the stride-4 kernel's (0.5 steps^2 of 0.4 s).
+        assert (kernel * lags**2).sum() * step_s**2 == pytest.approx(0.5 * 0.4**2)
+        assert k == round(0.4 / step_s)
+    # At stride 2 the noise of neighbouring steps is shared (lag-1 correlation 1/2), so a pair
+    # of steps holds no more independent noise than one stride-4 step.
+    fs, _ = synth_feature_set(tmp_path / "s2", videos=1, profile="smg", seed=0, stride=2,
+                              amplitude=1e-3, min_duration_s=200, max_duration_s=200)
+    x = fs.load(fs.video_ids()[0]).features.astype(np.float64)
+    x -= x.mean(0)
+    lag1 = (x[1:] * x[:-1]).sum() / (x * x).sum()
+    assert 0.4 < lag1 < 0.6
+    assert fs.settings["noise_steps"] == 2 and len(fs.settings["blur"]) == 9

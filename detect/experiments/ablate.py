@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from detect.config import Config, load_config
+from detect.evaluation.metrics import DURATION_BINS, duration_labels
 from detect.runs import LAST, read_run
 from extract.cache import FeatureSet
 from extract.config import ConfigError, config_to_dict
@@ -117,10 +118,11 @@ def _run_baseline(kind: str, ab: Ablation, progress: bool) -> dict[str, Any]:
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
     """The table's figures of a metrics.json: F1s, mAP and the recall of the shortest ground
-    truths (the first duration bin; None in metrics written before it existed)."""
-    bins = list(m.get("recall_by_duration", {}).values())
+    truths (the first duration bin; None in metrics written before it existed). The bins are
+    looked up by label: metrics.json is written with sorted keys."""
+    short = m.get("recall_by_duration", {}).get(duration_labels(DURATION_BINS)[0])
     return {"f1_miga": m["f1_miga"], "f1_strict": m["f1_strict"], "map": m["map"],
-            "recall_short": bins[0]["recall"] if bins else None}
+            "recall_short": short["recall"] if short else None}
 
 
 def run_ablation(ab: Ablation, progress: bool = True) -> list[dict[str, Any]]:

@@ -48,6 +48,27 @@ PROFILES = ("basic", "smg")
 SMG_SHARED = 0.5
 SMG_DISTRACTORS = 0.5
 SMG_BLUR = (0.25, 0.5, 0.25)
+# The time scale the SMG profile's blur and noise are defined at: one I3D feature step at 10 fps,
+# stride 4. At a finer stride the same seconds are covered (a real I3D's receptive field is fixed
+# in frames, and features of overlapping clips share their nuisances), so a finer stride gains
+# temporal resolution but no independent noise samples.
+SMG_TIME_SCALE_S = 0.4
+
+
+def smg_time_scale(step_s: float) -> tuple[np.ndarray, int]:
+    """The SMG profile's temporal blur kernel and noise correlation length (steps) at a feature
+    step of `step_s` seconds.
+
+    The blur is binomial with the variance of SMG_BLUR at 0.4 s (0.5 steps^2 there), so its width
+    in seconds does not change with the stride; the white noise is averaged over k steps (scaled
+    by sqrt(k) to keep its variance) with k steps = 0.4 s. At stride 4 and 10 fps these are
+    exactly SMG_BLUR and k = 1.
+    """
+    r = SMG_TIME_SCALE_S / step_s
+    n = max(2, int(round(2 * r * r)))
+    n += n % 2  # an even order: an odd, centred kernel
+    kernel = np.array([math.comb(n, i) for i in range(n + 1)], np.float64) / 2.0**n
+    return kernel, max(1, int(round(r)))
 
 
 def _directions(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -132,13 +153,15 @@ def _features(
     body: np.ndarray | None = None,
     distractors: tuple[np.ndarray, np.ndarray] | None = None,
     blur: np.ndarray | None = None,
+    noise_steps: int = 1,
 ) -> np.ndarray:
     """(T, dim) float32 features for instances `ft` (n, 2) in feature time.
 
     `body` (classes, dim) replaces the class body signatures (the SMG profile's shared group
     parts); `distractors` = (ft (m, 2), directions (m, dim)) adds unlabelled motion without edge
     signatures; `blur` (odd length) smooths the signal over time, as an I3D's receptive field of
-    several feature steps does, before nuisances and noise are added.
+    several feature steps does, before nuisances and noise are added; `noise_steps` > 1 makes
+    the white noise a moving average over that many steps (same variance).
     """
     dim = dirs.shape[1]
     body = dirs[:classes] if body is None else body
@@ -170,7 +193,11 @@ def _features(
         signal = sum(w * padded[k : k + num_steps] for k, w in enumerate(blur))
     x += signal
     if noise > 0:
-        x += noise * rng.standard_normal(x.shape)
+        white = rng.standard_normal((num_steps + noise_steps - 1, dim))
+        if noise_steps > 1:
+            c = np.concatenate([np.zeros((1, dim)), np.cumsum(white, axis=0)])
+            white = (c[noise_steps:] - c[:-noise_steps]) / math.sqrt(noise_steps)
+        x += noise * white
     return x.astype(np.float32)
 
 
@@ -341,8 +368,11 @@ def synth_feature_set(
     if smg:
         for k in ("min_instance_s", "max_instance_s", "overlap_prob"):
             del settings[k]
+        kernel, noise_steps = smg_time_scale(step_s)
         settings.update(profile="smg", shared=SMG_SHARED, distractors=distractors,
-                        blur=list(SMG_BLUR))
+                        blur=[float(w) for w in kernel])
+        if noise_steps > 1:  # so the stride-4 sets keep their keys
+            settings["noise_steps"] = noise_steps
     if amplitude != 1.0:  # so the default sets keep their keys
         settings["amplitude"] = amplitude
     fs = FeatureSet.create(out / "features", "synthetic", settings)
@@ -368,7 +398,7 @@ def synth_feature_set(
             segs, labels = smg_profile.timeline(vrng, num_steps * step_s, source_fps)
             body, moves = _smg_extras(vrng, num_steps, segs / step_s, dirs[:classes],
                                       dirs[3 * classes + 2 :], step_s, distractors)
-            extras = dict(body=body, distractors=moves, blur=np.array(SMG_BLUR))
+            extras = dict(body=body, distractors=moves, blur=kernel, noise_steps=noise_steps)
         else:
             segs, labels = _timeline(vrng, num_steps * step_s, class_p, min_inst,
                                      max_instance_s, min_gap, overlap, source_fps)
