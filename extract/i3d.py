@@ -1,17 +1,21 @@
-"""pytorchvideo's Kinetics I3D (`i3d_r50`) as a fully convolutional temporal feature extractor.
+"""Kinetics I3Ds as fully convolutional temporal feature extractors: pytorchvideo's `i3d_r50`
+(the default) and DeepMind's Inception-v1 I3D (`inception_i3d`, in `extract.inception_i3d`).
 
-The backbone (blocks 0-5: stem, res2, pool, res3, res4, res5) has a temporal stride of 2, so it
-gives one "native step" per 2 input frames; a stored feature averages `stride // 2` consecutive
-native steps. Feature i covers frames [i*stride, (i+1)*stride); a video of N 10 fps frames gives
-T = N // stride features (frames past the last full group only serve as context).
+The i3d_r50 backbone (blocks 0-5: stem, res2, pool, res3, res4, res5) has a temporal stride of
+2, so it gives one "native step" per 2 input frames; inception_i3d (AFSD's 5a pool) one per 4.
+A stored feature averages `stride // step` consecutive native steps. Feature i covers frames
+[i*stride, (i+1)*stride); a video of N 10 fps frames gives T = N // stride features (frames past
+the last full group only serve as context).
 
 Long videos run in chunks: chunk c produces the features of frames [c*L, (c+1)*L) from the frames
-[c*L - halo, (c+1)*L + halo) (clipped to the video). Because every chunk starts at an even frame
-and the halo covers the backbone's temporal reach, chunked features equal one-pass features.
+[c*L - halo, (c+1)*L + halo) (clipped to the video). Because every chunk starts at a multiple of
+the native step and the halo covers the backbone's temporal reach, chunked features equal
+one-pass features.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,13 +27,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from extract.decode import normalize
+from extract.inception_i3d import MIXED_4F_DIM, MIXED_5C_DIM, InceptionBackbone
+from extract.inception_weights import build_inception_backbone
 from extract.weights import (
     Weights,
     WeightsError,
     check_state,
     file_sha256,
-    load_torch_file,
-    state_dict_in,
+    read_checkpoint,
     state_digest,
 )
 
@@ -48,18 +53,55 @@ RES4_DIM = 1024
 RES5_DIM = 2048
 Tensor4 = torch.Tensor | None  # res4 output, absent unless asked for
 Chunk = tuple[torch.Tensor, int, int, int]  # (input frames, input start, core start, core end)
+INCEPTION = "inception_i3d"
+MODELS = (MODEL_NAME, INCEPTION)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a feature set of one backbone holds: the widths and names of its main layer and
+    of the optional second one (`res4` / `--res4`), and input frames per native step."""
+
+    dims: tuple[int, int]
+    layers: tuple[str, str]
+    step: int
+
+
+SPECS = {
+    MODEL_NAME: BackboneSpec((RES5_DIM, RES4_DIM), ("res5", "res4"), 2),
+    INCEPTION: BackboneSpec((MIXED_5C_DIM, MIXED_4F_DIM), ("mixed_5c", "mixed_4f"), 4),
+}
+
+
+def backbone_spec(model: str) -> BackboneSpec:
+    if model not in SPECS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    return SPECS[model]
+
+
+def layer_names(model: str, res4: bool) -> list[str]:
+    """The `layers` a feature set of `model` records: ["res5"] or ["res5", "res4"] for i3d_r50,
+    ["mixed_5c"] or ["mixed_5c", "mixed_4f"] for inception_i3d."""
+    names = backbone_spec(model).layers
+    return list(names) if res4 else [names[0]]
 
 
 class I3DBackbone(nn.Module):
     """blocks.0-5 of `i3d_r50`, spatially averaged.
 
     forward: (N, 3, T, H, W) -> res5 (N, 2048, T // 2) and res4 (N, 1024, T // 2) or None.
+    `normalize` makes its input from uint8 frames; `step` frames per output step.
 
     checkpointing: while gradients are recorded, run every residual block (and the stem) of a
     block that has trainable parameters under activation checkpointing, so training keeps only
     the block inputs and recomputes the rest in the backward pass. Blocks without trainable
     parameters run plainly (they record nothing when their input needs no gradient).
     """
+
+    model = MODEL_NAME
+    step = 2
+    dims = (RES5_DIM, RES4_DIM)
+    normalize = staticmethod(normalize)
 
     def __init__(self, net: nn.Module, res4: bool = False, checkpointing: bool = False) -> None:
         super().__init__()
@@ -85,6 +127,10 @@ class I3DBackbone(nn.Module):
         return x.float().mean(dim=(3, 4)), r4
 
 
+# Either feature backbone: both give (main layer, second layer or None) per native step.
+Backbone = I3DBackbone | InceptionBackbone
+
+
 def pool_steps(steps: torch.Tensor, group: int) -> torch.Tensor:
     """Average `group` consecutive native steps into one stored feature.
 
@@ -98,9 +144,13 @@ def pool_steps(steps: torch.Tensor, group: int) -> torch.Tensor:
 def temporal_reach(module: nn.Module) -> tuple[int, int, int]:
     """(lo, hi, step) such that output step o depends on input frames [o*step+lo, o*step+hi].
 
-    Walks the Conv3d / pooling layers in order; in a ResNet the main path is the longest chain,
-    and the 1x1 shortcut convolutions add no temporal extent.
+    A module with its own `temporal_reach()` (inception_i3d: parallel branches, SAME padding)
+    answers for itself. Otherwise walks the Conv3d / pooling layers in order; in a ResNet the
+    main path is the longest chain, and the 1x1 shortcut convolutions add no temporal extent.
     """
+    own = getattr(module, "temporal_reach", None)
+    if callable(own):
+        return own()
     lo, hi, step = 0, 0, 1
     for m in module.modules():
         if isinstance(m, nn.Conv3d | nn.MaxPool3d | nn.AvgPool3d):
@@ -119,12 +169,13 @@ def _t(v: int | tuple[int, ...]) -> int:
 
 
 def required_halo(backbone: nn.Module) -> int:
-    """Smallest even halo (frames) for exact chunking of `backbone` (18 for i3d_r50)."""
+    """Smallest halo (frames) for exact chunking of `backbone`, a multiple of its native step
+    so chunk inputs start on its grid (18 for i3d_r50, 40 for inception_i3d)."""
     lo, hi, step = temporal_reach(backbone)
     # A core step o (frames step*o .. step*o+step-1 inside the core) must see all of
     # [step*o + lo, step*o + hi] inside the chunk's input.
     need = max(-lo, hi - (step - 1))
-    return need + (need % 2)
+    return -(-need // step) * step
 
 
 def _build(seed: int) -> nn.Module:
@@ -156,34 +207,6 @@ def fetch_kinetics() -> Path:
     return path
 
 
-# In an end-to-end mgdet checkpoint the I3D's state sits under this prefix of "model".
-MGDET_BACKBONE_PREFIX = "backbone."
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """(backbone-or-whole state_dict, is_mgdet) of a checkpoint file.
-
-    Accepts a `.pyth` dict with `model_state`, a plain state_dict, or an mgdet training
-    checkpoint of an end-to-end run (`runs/NAME/checkpoints/best.pt`: its "model" holds the
-    backbone under "backbone."). A feature-mode mgdet checkpoint holds no backbone: an error.
-    """
-    obj = load_torch_file(path)
-    mgdet = isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj
-    if mgdet:
-        mode = obj["config"].get("mode", "features") if isinstance(obj["config"], dict) else None
-        obj = {k.removeprefix(MGDET_BACKBONE_PREFIX): v for k, v in obj["model"].items()
-               if k.startswith(MGDET_BACKBONE_PREFIX)}
-        if not obj:
-            raise WeightsError(
-                f"{path}: an mgdet checkpoint of a {mode!r}-mode run holds no I3D backbone; "
-                "only end-to-end runs (mode = \"e2e\") finetune it"
-            )
-    state = state_dict_in(obj, path, containers=("model_state",),
-                          expected="a dict of tensors, a dict with 'model_state', or an "
-                          "end-to-end mgdet checkpoint")
-    return state, mgdet
-
-
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's state_dict (see `read_checkpoint` for the formats)."""
     return read_checkpoint(path)[0]
@@ -201,12 +224,21 @@ def check_backbone_state(
                        optional=lambda k: k.endswith("num_batches_tracked"))
 
 
-def build_backbone(weights: str = "kinetics", seed: int = 0,
-                   res4: bool = False) -> tuple[I3DBackbone, Weights]:
-    """The backbone in eval mode with `weights`: "kinetics", "random" (seeded) or a file path.
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def build_backbone(weights: str = "kinetics", seed: int = 0, res4: bool = False,
+                   model: str = MODEL_NAME) -> tuple[Backbone, Weights]:
+    """The backbone `model` in eval mode with `weights`: "kinetics", "random" (seeded) or a
+    file path (see `extract.inception_weights` for inception_i3d's).
 
     Never falls back to random weights: a missing or wrong checkpoint raises WeightsError.
     """
+    if backbone_spec(model) is SPECS[INCEPTION]:
+        # Getting the Kinetics weights the first time downloads 47 MB: say so, as torch.hub
+        # does for i3d_r50's.
+        return build_inception_backbone(weights, seed, res4, log=_stderr)
     net = _build(seed)
     if weights == "random":
         info = Weights(label="random", sha256=state_digest(net.state_dict()), seed=seed)
@@ -241,7 +273,9 @@ class RunOptions:
 
 @dataclass
 class Features:
-    """res5: (T, 2048) float32; res4: (T, 1024) float32 or None; num_frames: input frames."""
+    """res5: (T, C) float32, the main layer (i3d_r50's res5, 2048; inception_i3d's Mixed_5c,
+    1024); res4: (T, C4) float32, the second (res4, 1024; Mixed_4f, 832) or None; num_frames:
+    input frames."""
 
     res5: np.ndarray
     res4: np.ndarray | None
@@ -251,19 +285,23 @@ class Features:
 class ChunkedExtractor:
     """Run the backbone over a stream of frames in overlapping chunks; see the module docstring."""
 
-    def __init__(self, backbone: I3DBackbone, stride: int = 4, device: str | torch.device = "cpu",
+    def __init__(self, backbone: Backbone, stride: int = 4, device: str | torch.device = "cpu",
                  options: RunOptions | None = None) -> None:
         if stride not in (2, 4, 8):
             raise ValueError(f"stride must be 2, 4 or 8 frames, got {stride}")
+        self.step = temporal_reach(backbone)[2]
+        if stride % self.step:
+            raise ValueError(f"stride must be a multiple of {backbone.model}'s temporal stride "
+                             f"of {self.step} frames, got {stride}")
         options = options or RunOptions()
         if options.chunk_frames <= 0 or options.chunk_frames % stride:
             raise ValueError(f"chunk_frames must be a positive multiple of the stride {stride}, "
                              f"got {options.chunk_frames}")
         need = required_halo(backbone)
         halo = need if options.halo is None else options.halo
-        if halo < need or halo % 2:
-            raise ValueError(f"halo must be even and >= {need} frames (the backbone's reach), "
-                             f"got {halo}")
+        if halo < need or halo % self.step:
+            raise ValueError(f"halo must be a multiple of {self.step} and >= {need} frames (the "
+                             f"backbone's reach), got {halo}")
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.backbone = backbone.to(self.device).to(memory_format=torch.channels_last_3d)
@@ -275,7 +313,8 @@ class ChunkedExtractor:
     @torch.inference_mode()
     def _forward(self, inputs: list[torch.Tensor]) -> list[tuple[torch.Tensor, Tensor4]]:
         """inputs: list of (n, h, w, 3) uint8 with equal n -> per input (res5, res4) (T', C)."""
-        x = torch.cat([normalize(f.to(self.device, non_blocking=True)) for f in inputs])
+        x = torch.cat([self.backbone.normalize(f.to(self.device, non_blocking=True))
+                       for f in inputs])
         x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             r5, r4 = self.backbone(x)
@@ -285,8 +324,8 @@ class ChunkedExtractor:
         return out
 
     def _pool(self, steps: torch.Tensor) -> np.ndarray:
-        """(S, C) native steps (S a multiple of stride // 2) -> (S // g, C) stride features."""
-        return pool_steps(steps, self.stride // 2).cpu().numpy()
+        """(S, C) native steps (S a multiple of stride // step) -> (S // g, C) stride features."""
+        return pool_steps(steps, self.stride // self.step).cpu().numpy()
 
     def run(self, frames: Iterable[torch.Tensor],
             progress: Callable[[int], None] | None = None) -> Features:
@@ -303,10 +342,11 @@ class ChunkedExtractor:
                 res4.append(r4)
         n = self._num_frames
         t = n // self.stride
-        r5 = np.concatenate(res5) if res5 else np.zeros((0, RES5_DIM), np.float32)
+        dim5, dim4 = self.backbone.dims
+        r5 = np.concatenate(res5) if res5 else np.zeros((0, dim5), np.float32)
         r4 = None
         if self.backbone.res4:
-            r4 = np.concatenate(res4) if res4 else np.zeros((0, RES4_DIM), np.float32)
+            r4 = np.concatenate(res4) if res4 else np.zeros((0, dim4), np.float32)
         assert r5.shape[0] == t, (r5.shape, t)
         return Features(res5=r5, res4=r4, num_frames=n)
 
@@ -333,7 +373,7 @@ class ChunkedExtractor:
         items = list(pending)
         pending.clear()
         for (_, start, c0, c1), (r5, r4) in zip(items, outs, strict=True):
-            a, b = (c0 - start) // 2, (c1 - start) // 2
+            a, b = (c0 - start) // self.step, (c1 - start) // self.step
             if progress is not None:
                 progress(c1 - c0)
             yield self._pool(r5[a:b]), None if r4 is None else self._pool(r4[a:b])
@@ -383,5 +423,6 @@ class ChunkedExtractor:
 
 
 def default_chunk_frames(device: torch.device) -> int:
-    """Core frames per chunk: long enough that the 2 x 18 halo frames cost under 15%."""
+    """Core frames per chunk: long enough that the 2 x 18 halo frames of i3d_r50 cost under 15%
+    (inception_i3d's 2 x 40 cost 24% of 256 on a CPU)."""
     return 512 if device.type == "cuda" else 256

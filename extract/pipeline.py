@@ -42,11 +42,15 @@ from extract.cache import (
 from extract.config import ExtractConfig
 from extract.decode import VIDEO_EXTENSIONS, DecodeError, DecodeSettings, FrameStream
 from extract.i3d import (
+    INCEPTION,
     MODEL_NAME,
+    MODELS,
     ChunkedExtractor,
     RunOptions,
+    backbone_spec,
     build_backbone,
     default_chunk_frames,
+    layer_names,
 )
 from extract.io import atomic_write_json, file_lock, try_lock
 from extract.progress import ProgressBar
@@ -138,14 +142,17 @@ def assign_ids(paths: Sequence[Path], id_fn: IdFn | None = None) -> dict[str, Pa
 
 
 def featureset_settings(cfg: ExtractConfig, weights: Weights) -> tuple[str, dict[str, Any]]:
-    """(readable name, settings that change the numbers) for `FeatureSet.create`."""
-    layers = ["res5", "res4"] if cfg.res4 else ["res5"]
+    """(readable name, settings that change the numbers) for `FeatureSet.create`.
+
+    The key includes the model, its layers and input range; i3d_r50's settings are the ones
+    every earlier feature set has, so their keys stay."""
+    layers = layer_names(cfg.model, cfg.res4)
     kind = weights.label if weights.label in ("kinetics", "random") else Path(weights.label).stem
     label = Path(weights.label)
     if label.parent.name == "checkpoints" and label.parent.parent.name:
         kind = f"{label.parent.parent.name}-{kind}"  # runs/NAME/checkpoints/best.pt -> NAME-best
     settings = {
-        "model": MODEL_NAME,
+        "model": cfg.model,
         "weights": kind,
         "weights_sha256": weights.sha256,
         "fps": cfg.fps,
@@ -158,7 +165,11 @@ def featureset_settings(cfg: ExtractConfig, weights: Weights) -> tuple[str, dict
         "resize": "torch-bilinear-no-antialias-uint8",
         "normalize": {"mean": 0.45, "std": 0.225},
     }
-    name = f"{MODEL_NAME}-{kind}-s{cfg.stride}-c{cfg.crop or cfg.short_side or 'full'}"
+    if cfg.model == INCEPTION:
+        # uint8 / 127.5 - 1; AFSD's MaxPool3d_5a (extract.inception_i3d).
+        settings["normalize"] = {"range": [-1.0, 1.0]}
+        settings["temporal_stride"] = 4
+    name = f"{cfg.model}-{kind}-s{cfg.stride}-c{cfg.crop or cfg.short_side or 'full'}"
     return name, settings
 
 
@@ -282,7 +293,8 @@ class Extractor:
         self.cfg = cfg
         local = os.environ.get("LOCAL_RANK")
         self.device = resolve_device(cfg.device, int(local) if local is not None else None)
-        self.backbone, self.weights = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
+        self.backbone, self.weights = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4,
+                                                     model=cfg.model)
         chunk = cfg.chunk_frames or default_chunk_frames(self.device)
         self.runner = ChunkedExtractor(
             self.backbone, cfg.stride, self.device,
@@ -332,10 +344,10 @@ class Extractor:
             source_fps=res.source_fps,
             duration=res.duration,
             num_frames=res.num_frames,
-            model=MODEL_NAME,
+            model=self.cfg.model,
             weights=self.weights.label,
             weights_sha256=self.weights.sha256,
-            layers=["res5", "res4"] if self.cfg.res4 else ["res5"],
+            layers=layer_names(self.cfg.model, self.cfg.res4),
             mgdet_version=mgdet_version(),
             extra={**stamp, **res.stats(), "decoder": _decoder_versions(),
                    "short_side": self.cfg.short_side, "crop": self.cfg.crop},
@@ -470,10 +482,12 @@ def inspect_featureset(path: Path, progress: bool = True) -> FeatureSetReport:
     fs = FeatureSet.open(path)
     report = FeatureSetReport(fs=fs)
     layers = fs.settings.get("layers", ["res5"])
+    model = fs.settings.get("model", MODEL_NAME)
+    width = backbone_spec(model).dims[0] if model in MODELS else None  # None: not an I3D's
     for vid in progress_bar(fs.video_ids(), desc="checking", unit="video", enabled=progress):
         p = fs.video_path(vid)
         try:
-            v = read_video(p, with_res4="res4" in layers)
+            v = read_video(p, with_res4=len(layers) > 1)
             m = v.meta
             problems = []
             if m.video_id != vid:
@@ -485,8 +499,8 @@ def inspect_featureset(path: Path, progress: bool = True) -> FeatureSetReport:
             if v.num_steps != m.num_frames // m.stride or v.num_steps == 0:
                 problems.append(f"{v.num_steps} features for {m.num_frames} frames at stride "
                                 f"{m.stride} (expected {m.num_frames // m.stride})")
-            if v.features.shape[1] != 2048:
-                problems.append(f"feature width {v.features.shape[1]} != 2048")
+            if width is not None and v.features.shape[1] != width:
+                problems.append(f"feature width {v.features.shape[1]} != {width}")
             expected = feature_timestamps(v.num_steps, m.stride, m.fps)
             if not np.allclose(v.timestamps, expected, rtol=0, atol=1e-9):
                 problems.append("timestamps do not follow (i + 0.5) * stride / fps")

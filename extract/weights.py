@@ -104,3 +104,34 @@ def check_state(state: dict[str, torch.Tensor], wanted: dict[str, torch.Tensor],
     if parts:
         raise WeightsError(f"{path}: {what}: " + "; ".join(parts))
     return {k: state[k] for k in wanted if k in state}
+
+
+# In an end-to-end mgdet checkpoint the I3D's state sits under this prefix of "model".
+MGDET_BACKBONE_PREFIX = "backbone."
+
+
+def read_checkpoint(path: Path, containers: tuple[str, ...] = ("model_state",)
+                    ) -> tuple[dict[str, torch.Tensor], bool]:
+    """(backbone-or-whole state_dict, is_mgdet) of a checkpoint file.
+
+    Accepts a dict holding the state_dict under one of `containers` (a `.pyth` has it under
+    `model_state`), a plain state_dict, or an mgdet training checkpoint of an end-to-end run
+    (`runs/NAME/checkpoints/best.pt`: its "model" holds the backbone under "backbone."). A
+    feature-mode mgdet checkpoint holds no backbone: an error.
+    """
+    obj = load_torch_file(path)
+    mgdet = isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj
+    if mgdet:
+        mode = obj["config"].get("mode", "features") if isinstance(obj["config"], dict) else None
+        obj = {k.removeprefix(MGDET_BACKBONE_PREFIX): v for k, v in obj["model"].items()
+               if k.startswith(MGDET_BACKBONE_PREFIX)}
+        if not obj:
+            raise WeightsError(
+                f"{path}: an mgdet checkpoint of a {mode!r}-mode run holds no I3D backbone; "
+                "only end-to-end runs (mode = \"e2e\") finetune it"
+            )
+    held = " or ".join(repr(c) for c in containers)
+    state = state_dict_in(obj, path, containers=containers,
+                          expected=f"a dict of tensors, a dict with {held}, or an "
+                          "end-to-end mgdet checkpoint")
+    return state, mgdet

@@ -19,8 +19,9 @@ PACKAGES = ("extract", "detect", "classify")
 LAYERS = {
     "extract": [
         ("extract.io", "extract.runtime", "extract.provenance", "extract.weights",
-         "extract.progress", "extract.threads", "extract.decode"),
-        ("extract.config", "extract.i3d", "extract.cache"),
+         "extract.progress", "extract.threads", "extract.decode", "extract.flax_checkpoint"),
+        ("extract.config", "extract.i3d", "extract.cache", "extract.inception_i3d",
+         "extract.inception_weights"),
         ("extract.pipeline",),
         ("extract.__main__", "extract"),
     ],
