@@ -272,7 +272,10 @@ def demo(
     minutes: float = typer.Option(2.0, "--minutes", help="length of each video"),
     classes: int = typer.Option(8, "--classes", help="number of gesture classes"),
     crop: int = typer.Option(112, "--crop", help="I3D input crop (and short side)"),
-    weights: str = typer.Option("", "--weights", help="default: kinetics if cached, else random"),
+    model: str = typer.Option("inception_i3d", "--model",
+                              help="inception_i3d (DeepMind's I3D) or i3d_r50 (pytorchvideo's)"),
+    weights: str = typer.Option("", "--weights",
+                                help="default: kinetics where they can be had, else random"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     set_: Optional[list[str]] = SetOpt,  # noqa: UP007, UP045
 ) -> None:
@@ -281,7 +284,8 @@ def demo(
 
     run_demo(DemoSettings(data=data, cache=cache, run=run, config=config, videos=videos,
                           minutes=minutes, classes=classes, short_side=crop, crop=crop,
-                          weights=weights, device=device, overrides=tuple(set_ or [])))
+                          model=model, weights=weights, device=device,
+                          overrides=tuple(set_ or [])))
 
 
 def _mount_dataset_commands() -> None:

