@@ -33,6 +33,7 @@ ScanOrder = Literal["index", "centre"]
 MambaBackend = Literal["auto", "torch", "cuda"]
 Device = Literal["auto", "cpu", "cuda"]
 SelectMetric = Literal["f1_miga", "f1_strict", "map"]
+BackboneModel = Literal["auto", "i3d_r50", "inception_i3d"]  # e2e mode's; see BackboneConfig
 
 @dataclass
 class DataConfig:
@@ -219,12 +220,17 @@ class AugmentConfig:
 class BackboneConfig:
     """The I3D in end-to-end mode (`mode = "e2e"`)."""
 
+    # The backbone trained: the one that made the feature set. "auto" takes it from there
+    # (the run's config.toml records the resolved name); naming another one is an error.
+    model: BackboneModel = "auto"
     weights: str = "kinetics"  # kinetics | random | PATH (.pyth, state_dict, e2e mgdet run)
     seed: int = 0  # seed of weights = "random"
     lr_mult: float = 0.05  # backbone lr = train.lr * lr_mult
     freeze_bn: bool = True  # BatchNorm in eval mode, its parameters not trained
-    frozen_stages: int = 2  # 0: none, 1: stem, 2: stem + res2, ... 5: the whole backbone
-    checkpointing: bool = True  # activation checkpointing per residual block
+    # 0: none, 1: stem, 2: stem + res2, ... 5: the whole backbone (inception_i3d's stages are
+    # by the same scales: 2 up to MaxPool3d_3a, 3 Mixed_3b-3c, 4 Mixed_4b-4f, 5 Mixed_5b-5c)
+    frozen_stages: int = 2
+    checkpointing: bool = True  # activation checkpointing per residual block (or endpoint)
     crop: int = 0  # square crop fed to the I3D; 0: the feature set's crop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

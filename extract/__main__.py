@@ -1,5 +1,5 @@
-"""`python -m extract features VIDEOS... --out ROOT`, `python -m extract info ROOT/<key>` and
-`python -m extract weights MODEL`."""
+"""`python -m extract features VIDEOS... --out ROOT`, `python -m extract info ROOT/<key>`,
+`python -m extract weights MODEL` and `python -m extract kinetics VIDEO...`."""
 
 from __future__ import annotations
 
@@ -151,6 +151,60 @@ def _weights_lines(model: str, log: Callable[[str], None]) -> list[str]:
     return [f"i3d_r50 Kinetics-400 weights: {path}",
             "  source: pytorchvideo model zoo (I3D_8x8_R50.pyth)", "  licence: Apache-2.0",
             f"  weights digest (weights_sha256 of feature sets): {file_sha256(path)}"]
+
+
+@app.command()
+def kinetics(
+    videos: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
+    model: Model = typer.Option(Model.inception_i3d, help="inception_i3d (at 25 fps; its "
+                                "weights come through pip) or i3d_r50 (at 3.75 fps, its 8x8 "
+                                "training rate; needs I3D_8x8_R50.pyth)."),
+    weights: str = typer.Option("kinetics", help="kinetics | random | PATH to a checkpoint "
+                                "that holds the Kinetics head too."),
+    top: int = typer.Option(5, "--top", help="Labels per video (1..400)."),
+    as_json: bool = typer.Option(False, "--json", help="Print [{\"video\": PATH, \"top\": "
+                                 "[{\"label\": NAME, \"prob\": P}, ...]}, ...] to stdout."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+) -> None:
+    """Each video's top Kinetics-400 labels with their probabilities: logits averaged over the
+    whole video (run fully convolutionally; short side 256, centre crop 224). A sanity check of
+    a backbone and its weights. Exit 2 for a path that is not a readable video (before any
+    work), 1 when a video fails mid-way."""
+    import json
+
+    from extract.decode import DecodeError
+    from extract.kinetics import as_json as to_json
+    from extract.kinetics import (
+        build_classifier,
+        check_top,
+        check_videos,
+        classify_videos,
+        format_labels,
+    )
+    from extract.pipeline import find_videos
+    from extract.runtime import resolve_device
+    from extract.threads import apply_threads
+    from extract.weights import WeightsError
+
+    def log(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        check_top(top)
+        paths = find_videos(videos)
+        check_videos(paths)
+        apply_threads(0, cap=None)  # the I3D is large: every core this process may use
+        clf = build_classifier(model.value, weights, log=log)
+        dev = resolve_device(device)
+    except (WeightsError, ValueError, DecodeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    if clf.weights.label == "random":
+        log(f"!! RANDOM WEIGHTS: {model.value} is randomly initialised; its labels mean nothing")
+    results = classify_videos(paths, clf, top, dev, on_error=log)
+    typer.echo(json.dumps(to_json(results), indent=1) if as_json else format_labels(results))
+    if len(results) < len(paths):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

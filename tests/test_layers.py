@@ -22,7 +22,7 @@ LAYERS = {
          "extract.progress", "extract.threads", "extract.decode", "extract.flax_checkpoint"),
         ("extract.config", "extract.i3d", "extract.cache", "extract.inception_i3d",
          "extract.inception_weights"),
-        ("extract.pipeline",),
+        ("extract.pipeline", "extract.kinetics"),
         ("extract.__main__", "extract"),
     ],
     "detect": [

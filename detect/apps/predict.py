@@ -23,7 +23,7 @@ from detect.inference.postprocess import apply_threshold
 from detect.runs import BEST, RUN_FILE, read_run, run_feature_set, score_threshold
 from extract.cache import FEATURESET_FILE, FeatureSet, read_meta, settings_key
 from extract.config import ExtractConfig
-from extract.i3d import I3DBackbone, build_backbone
+from extract.i3d import MODEL_NAME, Backbone, build_backbone
 from extract.io import RunError, atomic_write_json
 from extract.pipeline import featureset_settings, weights_source
 from extract.provenance import versions
@@ -67,15 +67,21 @@ def run_features(run: Path, info: dict[str, Any]) -> RunFeatures:
                        f"{run}/{RUN_FILE}")
 
 
-def backbone_for(src: RunFeatures) -> tuple[ExtractConfig, I3DBackbone]:
-    """The `ExtractConfig` that reproduces a run's features and its backbone, built once;
-    raises RunError when the weights are missing here or give other features."""
+def backbone_for(src: RunFeatures) -> tuple[ExtractConfig, Backbone]:
+    """The `ExtractConfig` that reproduces a run's features and its backbone (the feature set's
+    model: i3d_r50 or inception_i3d), built once; raises RunError when the weights are missing
+    here or give other features."""
     s = src.settings
-    cfg = ExtractConfig(weights=src.weights, seed=src.seed, stride=int(s["stride"]),
-                        short_side=int(s["short_side"]), crop=int(s["crop"]),
-                        res4="res4" in s["layers"], dtype=s["dtype"], fps=float(s["fps"]))
+    model = str(s.get("model", MODEL_NAME))  # feature sets older than the field: i3d_r50
     try:
-        backbone, info = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4)
+        cfg = ExtractConfig(weights=src.weights, seed=src.seed, stride=int(s["stride"]),
+                            short_side=int(s["short_side"]), crop=int(s["crop"]),
+                            res4=len(s["layers"]) > 1, dtype=s["dtype"], fps=float(s["fps"]),
+                            model=model)
+    except ValueError as e:  # a backbone or setting this version does not know
+        raise RunError(f"{src.where}: cannot reproduce the run's features here: {e}") from e
+    try:
+        backbone, info = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4, model=cfg.model)
     except WeightsError as e:
         # predict takes the run's own weights: it has no --weights to pass instead.
         why = str(e).replace(", or pass --weights PATH", "")

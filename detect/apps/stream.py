@@ -4,8 +4,9 @@ SOURCE is a video file, a camera (`/dev/video0`, through FFmpeg's v4l2) or any U
 (rtsp://, http://, udp://, ...); `--realtime` paces a file at its own speed, as a camera would.
 
 - Stage one is offline's (`ChunkedExtractor.iter_steps`: the same chunks and halos), run on the
-  frames as they arrive, with the run's extraction settings and weights; the features equal the
-  feature set's (tests/test_stream.py) and memory does not grow with the stream.
+  frames as they arrive, with the run's extraction settings, backbone (i3d_r50 or inception_i3d,
+  the feature set's) and weights; the features equal the feature set's (tests/test_stream.py)
+  and memory does not grow with the stream.
 - Stage two runs windows of `--window` steps every `--hop` steps (`detect/inference/online.py`); a
   detection is written once it is final (no later window can change it) and never revised. The
   default hop is offline evaluation's, window x (1 - the run's data.eval_overlap), so a file
@@ -33,7 +34,8 @@ FIELDS (all times in seconds):
                      keeps up with a live source, above 1 falls behind it
 
 Latency: a detection ending at t is final once the window starting after t - hop has run, i.e.
-about W - hop steps later, plus stage one's chunk and halo (`--chunk-frames` + 18 frames).
+about W - hop steps later, plus stage one's chunk and halo (`--chunk-frames` + 18 frames for
+i3d_r50, + 40 for inception_i3d).
 """
 
 from __future__ import annotations

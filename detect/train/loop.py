@@ -28,14 +28,13 @@ from detect.data.standardize import channel_stats
 from detect.data.windows import WindowDataset, collate_windows, window_dataset
 from detect.evaluation.evaluate import evaluate_subset
 from detect.model.build import build_model, training_groups
-from detect.model.e2e import feature_mismatch, run_model
+from detect.model.e2e import e2e_dims, feature_mismatch, run_model, with_feature_set_backbone
 from detect.runs import BEST, LAST, check_feature_set, read_run, write_run_files
 from detect.train.ema import WeightEMA
 from detect.train.losses import SetCriterion
 from detect.train.pyramid_loss import PyramidCriterion
 from extract.cache import FeatureSet
 from extract.config import config_to_dict
-from extract.i3d import RES4_DIM, RES5_DIM
 from extract.io import RunError, append_metrics_row, load_checkpoint, save_checkpoint
 from extract.progress import progress as progress_bar
 from extract.runtime import Distributed, resolve_device, seed_everything
@@ -132,6 +131,7 @@ def train(
     device, ddp = _devices(cfg)
     fs = FeatureSet.find(Path(features))
     ann: Annotations = load_annotations(Path(annotations), feature_set=fs)
+    cfg = with_feature_set_backbone(cfg, fs)  # e2e: the backbone that made the features
     _open_run_dir(cfg, fs, ann, Path(annotations), out, resume, ddp)
     seed_everything(cfg.train.seed + ddp.rank)
     run = _setup(cfg, fs, ann, out, device, ddp, check_backbone=progress and not resume)
@@ -181,6 +181,7 @@ def _open_run_dir(cfg: Config, fs: FeatureSet, ann: Annotations, annotations: Pa
     if resume:
         old_cfg, info = read_run(out)
         check_feature_set(out, info, fs)
+        old_cfg = with_feature_set_backbone(old_cfg, fs)  # runs from before backbone.model
         if config_to_dict(old_cfg) != config_to_dict(cfg):
             raise RunError(f"{out}: --resume with a config that differs from {out}/config.toml")
     elif ddp.main:
@@ -197,7 +198,7 @@ def _setup(cfg: Config, fs: FeatureSet, ann: Annotations, out: Path, device: tor
     e2e = cfg.mode == "e2e"
     halo = 0
     if e2e:
-        in_dim, res4_dim = RES5_DIM, RES4_DIM if cfg.data.use_res4 else 0
+        in_dim, res4_dim = e2e_dims(cfg)  # the widths of the feature set's backbone
         model = build_model(cfg, in_dim, len(ann.classes), res4_dim).to(device)
         halo = model.halo
     train_ds = window_dataset(cfg, fs, ann, "train", train=True, halo=halo)
