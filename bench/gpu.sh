@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU figures in one go, for a session that is lent a CUDA machine (about 5-8 minutes):
-#   1. stage one: extraction throughput vs the I3D forward floor (bench/extract.py, crop 224);
+# The GPU figures in one go, for a session that is lent a CUDA machine (about 6-10 minutes):
+#   1. stage one, i3d_r50 then inception_i3d: GFLOPs per frame, extraction throughput vs the
+#      forward floor and a naive clip-by-clip extractor (bench/extract.py, crop 224);
 #   2. mamba-ssm's kernel vs our scan: parity and speed (installs the `cuda` extra first);
 #   3. the detector's full training step per variant, peak memory, 15-min inference (bench/model.py).
 # Every figure goes to bench/results/gpu-<UTC time>/ (JSON, plus each benchmark's printed output).
@@ -15,9 +16,12 @@ mkdir -p "$OUT"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 "$PY" -c "import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'device': torch.cuda.get_device_name()}))" > "$OUT/versions.json"
 status=0
-echo "== 1/3 extraction throughput (crop 224, 120 s video)"
-timeout 240 "$PY" -m bench.extract --device cuda --crop 224 --short-side 256 --seconds 120 \
-  --skip-memory 2>&1 | tee "$OUT/extract.txt" || status=1
+for m in i3d_r50 inception_i3d; do
+  echo "== 1/3 extraction throughput, $m (crop 224, 120 s video)"
+  timeout 240 "$PY" -m bench.extract --model "$m" --device cuda --crop 224 --short-side 256 \
+    --seconds 120 --skip-memory --json "$OUT/extract-$m.json" 2>&1 \
+    | tee "$OUT/extract-$m.txt" || status=1
+done
 echo "== 2/3 mamba-ssm parity and speed"
 "$PY" -c "import mamba_ssm" 2>/dev/null || timeout 300 "$PY" -m pip install -q -e '.[cuda]' \
   > "$OUT/mamba-install.txt" 2>&1 || echo "mamba-ssm did not install (see $OUT/mamba-install.txt)"
