@@ -27,7 +27,8 @@ f1_strict, and the ratios to the probe. Written to --out (JSON) and next to it a
         [--set k=v ...]
 
 With --work DIR the feature sets and finished runs are kept there and reused, so a killed
-benchmark resumes where it stopped.
+benchmark resumes where it stopped; `--report-only` tabulates what is finished there (the seeds
+column says which seeds each model's means cover).
 """
 
 from __future__ import annotations
@@ -125,6 +126,31 @@ def run_model(name: str, args: argparse.Namespace, features: Path, ann: Path, ru
                          "config": config_to_dict(cfg)}
 
 
+def finished_row(name: str, run: Path) -> dict[str, Any] | None:
+    """A finished run's row as `run_seed` gives it (None while it is not finished)."""
+    if not (run / "metrics.json").is_file():
+        return None
+    m = read_json(run / "metrics.json", "metrics", ValueError)
+    if name in BASELINES:
+        return summary(m) | {"params": None, "seconds_per_epoch": m["fit_seconds"]}
+    epochs = [float(r["seconds"]) for r in read_metrics_rows(run)]
+    return summary(m) | {"params": m["params"], "seconds_per_epoch": statistics.mean(epochs),
+                         "train_minutes": sum(epochs) / 60}
+
+
+def finished_rows(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """--report-only: the rows of every run already finished in `work`, nothing trained."""
+    rows = []
+    for seed in map(int, args.seeds.split(",")):
+        row: dict[str, Any] = {"seed": seed}
+        for name in args.models:
+            got = finished_row(name, work / f"{name}{seed}")
+            if got is not None:
+                row[name] = got
+        rows.append(row)
+    return rows
+
+
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     features, ann = make_set(args, seed, work / f"set{seed}")
     row: dict[str, Any] = {"seed": seed}
@@ -141,22 +167,25 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]], models: list[str]) -> tuple[str, dict[str, Any]]:
-    """Markdown table of the means over seeds, and the means themselves."""
+    """Markdown table of the means over the seeds each model has, and the means themselves."""
     bins = duration_labels(DURATION_BINS)
-    head = ["model", "f1_miga", "f1_strict (min..max)", "mAP",
+    head = ["model", "seeds", "f1_miga", "f1_strict (min..max)", "mAP",
             *[f"R {b}" for b in bins], "params", "s/epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     mean: dict[str, Any] = {}
     for name in models:
-        rs = [r[name] for r in rows]
+        rs = [r[name] for r in rows if name in r]
+        if not rs:
+            continue
         mean[name] = {k: statistics.mean(r[k] for r in rs)
                       for k in (*METRICS, "seconds_per_epoch")}
         mean[name]["recall_by_duration"] = {
             b: statistics.mean(r["recall_by_duration"][b] for r in rs) for b in bins}
         strict = [r["f1_strict"] for r in rs]
         params = rs[0]["params"]
+        mean[name]["seeds"] = [r["seed"] for r in rows if name in r]
         lines.append("| " + " | ".join([
-            name, f"{mean[name]['f1_miga']:.3f}",
+            name, ",".join(map(str, mean[name]["seeds"])), f"{mean[name]['f1_miga']:.3f}",
             f"{mean[name]['f1_strict']:.3f} ({min(strict):.3f}..{max(strict):.3f})",
             f"{mean[name]['map']:.3f}",
             *[f"{mean[name]['recall_by_duration'][b]:.2f}" for b in bins],
@@ -179,6 +208,8 @@ def main() -> None:
                     help="a config override for every detector")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="keep sets and runs here (resume)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="with --work: tabulate the runs finished there, train nothing")
     ap.add_argument("--out", type=Path, default=None,
                     help="default bench/results/accuracy-<generator>[-s<stride>]-cpu.json")
     args = ap.parse_args()
@@ -186,16 +217,19 @@ def main() -> None:
     unknown = set(args.models) - set(MODELS) - set(BASELINES)
     if unknown:
         ap.error(f"unknown models {sorted(unknown)}; known: {[*BASELINES, *MODELS]}")
+    if args.report_only and args.work is None:
+        ap.error("--report-only tabulates the runs in --work: give --work")
     if args.amplitude is None:
         args.amplitude = AMPLITUDE[args.generator]
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        rows = [run_seed(args, int(s), work) for s in args.seeds.split(",")]
+        rows = (finished_rows(args, work) if args.report_only else
+                [run_seed(args, int(s), work) for s in args.seeds.split(",")])
     text, mean = table(rows, args.models)
     probe = mean.get("probe")
     ratios = {name: {k: mean[name][k] / max(probe[k], 1e-12) for k in METRICS}
-              for name in args.models} if probe else {}
+              for name in mean} if probe else {}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["threads"] = torch.get_num_threads()
     title = (f"generator {args.generator}, amplitude {args.amplitude}, stride {args.stride}, "
