@@ -8,6 +8,7 @@ import torch
 import extract.i3d as i3d
 from extract.i3d import ChunkedExtractor, RunOptions, build_backbone, required_halo, temporal_reach
 from extract.weights import WeightsError
+from tests.videos import moving_frames
 
 
 def _nontrivial_bn(backbone: torch.nn.Module, seed: int = 1) -> None:
@@ -31,13 +32,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def frames():
-    g = torch.Generator().manual_seed(2)
-    base = torch.rand(1, 32, 32, 3, generator=g)
-    # Smoothly moving content plus noise: features change along time.
-    t = torch.arange(78).float()[:, None, None, None]
-    x = 255 * (0.5 * base + 0.3 * torch.sin(t / 5 + base * 6) ** 2 + 0.2 * torch.rand(
-        78, 32, 32, 3, generator=g))
-    return x.clamp(0, 255).to(torch.uint8)
+    return moving_frames(78)
 
 
 def max_rel(a: np.ndarray, b: np.ndarray) -> float:

