@@ -112,7 +112,7 @@ def test_assignment_equals_a_loop(seed):
 def test_a_short_instance_is_learned_at_level_zero():
     # A 1.2-step gesture at steps [10, 11.2]: the point at 10.5 and only it is positive.
     crit = PyramidCriterion(load_config(None, PYR).loss.pyramid, 3, levels=3, range_base=4.0)
-    cls_t, inst, inside = crit.targets(16, [{"labels": torch.tensor([2]),
+    cls_t, inst, inside, _ = crit.targets(16, [{"labels": torch.tensor([2]),
                                              "segments": torch.tensor([[10 / 16, 11.2 / 16]])}],
                                        [16], torch.device("cpu"))
     pos = torch.nonzero(cls_t[0].sum(-1)).flatten().tolist()

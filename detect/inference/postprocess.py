@@ -10,6 +10,7 @@ import torch
 
 from detect.config import Config
 from detect.inference.detections import Detections, tiou
+from detect.model.pyramid import pyramid_points
 
 
 def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -113,8 +114,6 @@ def decode_pyramid(
     clipped to the valid part and mapped to seconds as in `decode_windows`; a segment with no
     length left is dropped.
     """
-    from detect.model.pyramid import pyramid_points
-
     lg, seg = _numpy(cls_logits), _numpy(segments)
     if lg.ndim != 3 or seg.shape != (*lg.shape[:2], 2):
         raise ValueError(

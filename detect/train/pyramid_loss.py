@@ -91,9 +91,9 @@ class PyramidCriterion:
                              f"{(*cls.shape[:2], 2)}, got {tuple(outputs['offsets'].shape)}")
 
     def targets(self, window: int, targets: list[dict[str, Tensor]], valid: list[int],
-                device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """cls_target (B, N, C), assigned instance (B, N, 2) in feature steps, and the mask of
-        points inside each window's valid steps (B, N)."""
+                device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """cls_target (B, N, C), assigned instance (B, N, 2) in feature steps, the mask of
+        points inside each window's valid steps (B, N), and the point centres (N,)."""
         centres, steps, level = pyramid_points(window, self.levels, device)
         lo = torch.tensor([r[0] for r in self.ranges], device=device)[level]
         hi = torch.tensor([r[1] for r in self.ranges], device=device)[level]
@@ -105,7 +105,7 @@ class PyramidCriterion:
             cls_t.append(c)
             gt_t.append(g)
         inside = centres[None, :] < torch.tensor(valid, device=device, dtype=torch.float32)[:, None]
-        return torch.stack(cls_t), torch.stack(gt_t), inside
+        return torch.stack(cls_t), torch.stack(gt_t), inside, centres
 
     def __call__(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
                  dense: Tensor, valid: list[int] | None = None
@@ -120,7 +120,7 @@ class PyramidCriterion:
         W = dense.shape[1]
         check_targets(targets, B, self.num_classes)
         device = cls_logits.device
-        cls_t, gt_t, inside = self.targets(W, targets, valid or [W] * B, device)
+        cls_t, gt_t, inside, centres = self.targets(W, targets, valid or [W] * B, device)
         if cls_t.shape[1] != N:
             raise ValueError(f"PyramidCriterion: {N} points in the outputs, {cls_t.shape[1]} for "
                              f"a window of {W} steps and {self.levels} levels")
@@ -129,7 +129,6 @@ class PyramidCriterion:
         cfg = self.cfg
         focal = sigmoid_focal_loss(cls_logits, cls_t, cfg.focal_alpha, cfg.focal_gamma)
         loss_cls = (focal * inside[..., None]).sum() / num_pos
-        centres, _, _ = pyramid_points(W, self.levels, device)
         c = centres[None].expand(B, -1)[pos]
         pred = torch.stack([c - offsets[pos][:, 0], c + offsets[pos][:, 1]], -1)
         loss_reg = paired_iou_loss(pred, gt_t[pos], cfg.iou_loss).sum() / num_pos
