@@ -63,6 +63,8 @@ MODELS: dict[str, tuple[str, list[str]]] = {
                   ['model.mixing="lean"', "model.mix_rank=8", "model.mix_point_dim=8"]),
     "pyramid": ("synthetic-small-dense.toml", []),
     "pyramid-mamba": ("synthetic-small-dense.toml", ['model.pyramid.encoder="mamba"']),
+    # The causal (strictly online) mode of the pyramid detector (bench/online.py).
+    "pyramid-online": ("synthetic-small-online.toml", []),
 }
 # The amplitude at which the probe scores f1_strict 0.35-0.4 (mean of seeds 0-2, 40 videos).
 AMPLITUDE = {"features": 0.75, "envelope": 4.25}

@@ -17,6 +17,11 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__,
                   rich_markup_mode=None)
 
+class OnlineModeChoice(str, Enum):
+    causal = "causal"
+    window_final = "window-final"
+
+
 SetOpt = typer.Option(None, "--set", help="override a config key: section.key=value (repeatable)")
 
 
@@ -48,8 +53,21 @@ def eval_(
     run: Path = typer.Argument(..., help="run directory"),
     subset: str = typer.Option("test", "--subset", help="train, val or test (choose configs on "
                                "val; report test once)"),
+    online: bool = typer.Option(
+        False, "--online", help="replay the subset's videos step by step from the feature set "
+        "and score what is emitted and when (RUN/metrics_online.json: F1s, mAP, AEDT)"),
+    mode: Optional[OnlineModeChoice] = typer.Option(  # noqa: UP045
+        None, "--mode", help="with --online: causal (default for a run trained with "
+        "online.causal) or window-final (detect stream's sliding windows; default otherwise)"),
 ) -> None:
     """Predict on a subset with the best checkpoint; write predictions, MiGA CSVs, metrics."""
+    if online:
+        from detect.evaluation.online_eval import evaluate_online_run
+
+        evaluate_online_run(run, subset, mode.value if mode else None)
+        return
+    if mode is not None:
+        raise typer.BadParameter("--mode goes with --online", param_hint="--mode")
     from detect.evaluation.evaluate import evaluate_run
 
     evaluate_run(run, subset)
@@ -79,29 +97,51 @@ def predict(
     typer.echo(f"outputs: {out or Path(run) / 'predict'}")
 
 
+class StreamModeChoice(str, Enum):
+    auto = "auto"
+    causal = "causal"
+    window_final = "window-final"
+
+
 @app.command()
 def stream(
     source: str = typer.Argument(..., help="video file, /dev/video0 or a URL FFmpeg opens"),
     run: Path = typer.Option(..., "--run", help="a trained run directory"),
     out: Optional[Path] = typer.Option(  # noqa: UP045
         None, "--out", help="JSON lines file (default RUN/stream/<source>-<time>.jsonl)"),
+    mode: StreamModeChoice = typer.Option(
+        StreamModeChoice.auto, "--mode", help="causal (emit within about online.horizon_s of "
+        "a gesture's end), window-final (sliding windows, emit once no later window can change "
+        "a detection) or auto: causal for a run trained with online.causal, else window-final"),
     window: int = typer.Option(0, "--window", help="feature steps per window (0: the run's)"),
-    hop: int = typer.Option(0, "--hop", help="steps between windows (0: offline evaluation's, "
-                            "window x (1 - the run's eval_overlap); smaller emits sooner)"),
+    hop: int = typer.Option(0, "--hop", help="window-final: steps between windows (0: offline "
+                            "evaluation's, window x (1 - the run's eval_overlap); smaller emits "
+                            "sooner); refused in causal mode"),
+    every: int = typer.Option(0, "--every", help="causal: steps between decisions (0: the "
+                              "run's online.every); refused in window-final mode"),
     realtime: bool = typer.Option(False, "--realtime", help="play a file at its own speed"),
     chunk_frames: int = typer.Option(32, "--chunk-frames", help="stage one's frames per chunk"),
     threshold: Optional[float] = typer.Option(  # noqa: UP045
-        None, "--threshold", help="score threshold (default: the run's)"),
+        None, "--threshold", help="score threshold (default: the run's; causal: "
+        "online.threshold when >= 0, else the emission threshold tuned on val)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
-    """Detect micro-gestures while a video plays: one JSON line per final detection.
+    """Detect micro-gestures while a video plays: one JSON line per detection, never revised.
+
+    Two modes (--mode): causal, a run trained for it (online.causal) by default: every --every
+    steps a window ending at the newest step runs and the gestures that ended within its last
+    online.horizon_s seconds are emitted, so a gesture is reported within about that long after
+    its end (plus stage one's chunk). window-final, the default otherwise: sliding windows every
+    --hop steps, a detection emitted once no later window can change it (about window - hop
+    steps after its end).
 
     Each line: class, label, start, end, score, emitted_at, source_time. Times in seconds:
     start/end in video time from the first frame; emitted_at = wall clock since the first frame
     arrived (emitted_at - end: the delay a viewer of a live source sees); source_time = video
-    time received by then. The record beside it (.json) gives real_time_factor = wall seconds /
-    video seconds (below 1 keeps up with a live source).
+    time received by then. The record beside it (.json) gives the mode and its settings,
+    real_time_factor = wall seconds / video seconds (below 1 keeps up with a live source),
+    latency figures, and each emission's end, emitted_at and source_time.
 
     Exit codes: 0 the source ended; 2 usage error or unusable run; 3 the source could not be
     read; 4 the source failed mid-stream (detections up to there written); 130 Ctrl-C."""
@@ -110,7 +150,9 @@ def stream(
     from extract.io import RunError
 
     opts = StreamOptions(window=window or None, hop=hop or None, realtime=realtime,
-                         chunk_frames=chunk_frames, threshold=threshold, device=device)
+                         chunk_frames=chunk_frames, threshold=threshold, device=device,
+                         mode=None if mode is StreamModeChoice.auto else mode.value,
+                         every=every or None)
     _warn_if_random(run)
     try:
         result = run_stream(source, run, out, opts, progress=not quiet)

@@ -235,6 +235,25 @@ class BackboneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
+@dataclass
+class OnlineConfig:
+    """The causal (strictly online) mode, detect/inference/causal.py.
+
+    With `causal`, training windows end every `train_hop` steps and their targets are the
+    instances that ended within the last `horizon_s` seconds of the window (D); at inference a
+    window of `data.window` steps ending at the newest step runs every `every` steps, its
+    detections ending in the last D are emitted once they score at least the emission threshold
+    and overlap nothing emitted before (causal NMS at `eval.nms_iou`), and are never revised.
+    """
+
+    causal: bool = False
+    horizon_s: float = 2.0  # D, in seconds (rounded to whole feature steps, at least 1)
+    every: int = 1  # feature steps between inferences
+    train_hop: int = 2  # feature steps between the ends of causal training windows
+    # < 0: the emission threshold tuned on val (online f1_miga) and stored in best.pt
+    threshold: float = -1.0
+
+
 IOU_LOSSES = get_args(IouLoss)
 
 
@@ -248,6 +267,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
 # key -> (test, what it must be); the values types cannot express, checked when a config loads.
@@ -306,6 +326,10 @@ RANGES: Ranges = {
     "eval.match_iou": (fraction, "in [0, 1)"),
     "eval.iou_thresholds": (lambda v: bool(v) and all(0 < x < 1 for x in v),
                             "a non-empty list of values in (0, 1)"),
+    "online.horizon_s": (positive, "> 0"),
+    "online.every": (at_least_1, ">= 1"),
+    "online.train_hop": (at_least_1, ">= 1"),
+    "online.threshold": (lambda v: v <= 1, "<= 1 (< 0: tuned on val)"),
 }
 
 
@@ -352,6 +376,9 @@ def _check_run(cfg: Config) -> None:
         raise ConfigError(f"train.ema: the EMA decay must be in [0, 1), got {cfg.train.ema}")
     if cfg.train.grad_accum < 1:
         raise ConfigError(f"train.grad_accum: must be >= 1, got {cfg.train.grad_accum}")
+    if cfg.online.causal and cfg.mode == "e2e":
+        raise ConfigError("online.causal trains on cached features; it cannot be combined with "
+                          "mode = \"e2e\"")
 
 
 def _check_backbone(b: BackboneConfig) -> None:

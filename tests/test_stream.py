@@ -1,12 +1,14 @@
 """`detect stream`: streamed stage one equals the cache, the CLI emits final detections as JSON
-lines equal to offline prediction over the same windows, and a bad, failing, URL or
-interrupted source behaves as documented (exit codes, what is kept, messages)."""
+lines equal to offline prediction over the same windows (window-final) or to the causal replay
+(causal), and a bad, failing, URL or interrupted source behaves as documented (exit codes, what
+is kept, messages)."""
 
 import functools
 import http.server
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,14 +24,20 @@ from typer.testing import CliRunner
 from detect.__main__ import app
 from detect.apps.predict import predict_videos
 from detect.apps.stream import EXIT_INTERRUPTED, EXIT_SOURCE_FAILED, EXIT_UNREADABLE, paced
+from detect.config import load_config
+from detect.inference.online import OnlineDetector, WindowSettings
+from detect.inference.postprocess import DecodeOptions
+from detect.inference.predictor import load_run_model
+from detect.runs import write_run_files
+from detect.synthetic.features import synth_feature_set
 from extract.cache import FeatureSet
-from extract.config import ExtractConfig
+from extract.config import ExtractConfig, config_to_dict, to_toml
 from extract.decode import DecodeSettings, FrameStream, decode_all
 from extract.i3d import ChunkedExtractor, I3DBackbone, RunOptions, _build
 from extract.pipeline import run_extraction, video_id_from_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_predict import _trained_run, e2e_run_dir  # noqa: E402
+from test_predict import TINY, _trained_run, e2e_run_dir  # noqa: E402
 from videos import write_noise_video, write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,3 +241,104 @@ def test_ctrl_c_keeps_what_was_final(trained, tmp_path):
     # Paced: nothing was emitted before its end had played (emitted_at is wall time).
     assert all(d["emitted_at"] >= d["end"] - 0.5 for d in printed)
     assert rec["video_seconds"] < 17  # stopped before the 18 s video ended
+
+
+FIELDS = {"class", "label", "start", "end", "score", "emitted_at", "source_time"}
+
+
+@pytest.fixture(scope="module")
+def causal_run(trained):
+    """The trained run with online.causal set: the same model, streamed in the causal mode (its
+    threshold, TINY's eval.score_threshold 0, is not a tuned emission threshold, which the
+    stream's mechanics do not depend on). Also its `predict` on the video, which for a causal
+    run is the causal replay of the video's features."""
+    tmp, data, run, video = trained
+    crun = tmp / "causal-run"
+    shutil.copytree(run, crun, ignore=shutil.ignore_patterns("stream", "predict"))
+    cfg = load_config(run / "config.toml", ["online.causal=true"])
+    (crun / "config.toml").write_text(to_toml(config_to_dict(cfg)))
+    preds, classes = predict_videos([video], crun, tmp / "causal-pred", progress=False,
+                                    id_fn=video_id_from_path)
+    return crun, video, preds[video_id_from_path(video)], tmp / "causal-pred"
+
+
+@pytest.mark.slow
+def test_causal_stream_equals_the_causal_replay_and_never_reports_the_future(causal_run,
+                                                                             tmp_path):
+    crun, video, off, _ = causal_run
+    out = tmp_path / "c.jsonl"
+    # No --mode: a run trained for the causal mode streams causally.
+    r = CliRunner().invoke(app, ["stream", str(video), "--run", str(crun), "--out", str(out),
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert ("causal decisions every 1 step over windows of 16 steps, reporting gestures that "
+            "ended within the last 2 s") in r.stderr
+    got = lines_of(out)
+    assert got and [json.loads(x) for x in r.stdout.splitlines()] == got
+    assert all(set(d) == FIELDS for d in got)
+    # Never the future: written once its end had been received; and within about D (2 s, 5
+    # steps of 0.4 s) plus stage one's chunk, halo and a step (32 + 18 + 4 frames at 10 fps).
+    assert all(d["source_time"] >= d["end"] - 1e-3 and d["emitted_at"] >= 0 for d in got)
+    assert all(d["source_time"] - d["end"] <= 2.0 + 5.4 + 1e-3 for d in got)
+    # The detections of the causal replay (`predict` on a causal run), exactly: the stream's
+    # last decision is the replay's last one, at the video's end.
+    want = {(int(c), round(s, 4), round(e, 4), round(p, 5))
+            for s, e, c, p in zip(off.start, off.end, off.label, off.score, strict=True)}
+    assert len(as_set(got)) == len(got) and as_set(got) == want
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["status"] == "ended" and record["exit_code"] == 0
+    assert record["mode"] == "causal" and "hop" not in record
+    assert (record["window"], record["every"], record["horizon_steps"]) == (16, 1, 5)
+    assert record["horizon_s"] == pytest.approx(2.0) and record["threshold"] == 0.0
+    assert record["detections"] == len(got)
+    assert record["emissions"] == [{k: d[k] for k in ("end", "emitted_at", "source_time")}
+                                   for d in got]
+    for key in ("latency_s", "source_latency_s"):
+        assert set(record[key]) == {"median", "p95", "max"}
+    assert record["source_latency_s"]["median"] >= 0 and record["real_time_factor"] > 0
+    assert record["stage_two_s_per_window"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_window_final_mode_on_a_causal_run(causal_run, tmp_path):
+    crun, video, _, pred_dir = causal_run
+    out = tmp_path / "w.jsonl"
+    r = CliRunner().invoke(app, ["stream", str(video), "--run", str(crun), "--out", str(out),
+                                 "--mode", "window-final", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "window-final: windows of 16 steps every 16, on a run trained for the causal" in (
+        r.stderr)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["mode"] == "window-final" and record["hop"] == 16 and "every" not in record
+    got = lines_of(out)
+    assert len(record["emissions"]) == len(got) == record["detections"] > 0
+    # The sliding windows' final detections over the same features (the ones predict cached).
+    feats = FeatureSet.open(next((pred_dir / "features").iterdir())).load(
+        video_id_from_path(video)).features
+    model, _ = load_run_model(crun, torch.device("cpu"))
+    cfg = load_config(crun / "config.toml")
+    ws = WindowSettings(16, 16, 4, 10.0)
+    det = OnlineDetector(model, ws, cfg.eval.nms_iou, 0.0, DecodeOptions.of(cfg, 4, 10.0, 16))
+    parts = [det.push(np.asarray(feats[i : i + 8], np.float32)) for i in range(0, len(feats), 8)]
+    parts.append(det.finish())
+    want = {(int(d.label[i]), round(float(d.start[i]), 4), round(float(d.end[i]), 4),
+             round(float(d.score[i]), 5)) for d in parts for i in range(len(d))}
+    assert as_set(got) == want
+
+
+def test_options_of_the_other_mode_are_refused_before_the_source_is_opened(tmp_path):
+    fs, ann = synth_feature_set(tmp_path / "feats", videos=2, classes=2, dim=8,
+                                min_duration_s=10, max_duration_s=12)
+    run = tmp_path / "causal-run"
+    write_run_files(run, load_config(None, [*TINY, "online.causal=true"]), fs, ann)
+    missing = str(tmp_path / "missing.mp4")
+    runner = CliRunner()
+    for args, why in [([], "--hop sets the window-final mode's windows"),
+                      (["--mode", "causal"], "--hop sets the window-final mode's windows")]:
+        r = runner.invoke(app, ["stream", missing, "--run", str(run), "--hop", "4", *args,
+                                "--quiet"])
+        assert r.exit_code == 2 and why in r.stderr and "--every" in r.stderr, r.output
+    r = runner.invoke(app, ["stream", missing, "--run", str(run), "--mode", "window-final",
+                            "--every", "2", "--quiet"])
+    assert r.exit_code == 2 and "--every sets the causal mode's decisions" in r.stderr, r.output
+    assert not (run / "stream").exists()

@@ -206,6 +206,37 @@ def plot_tiou_histogram(
     return _save(fig, path)
 
 
+def plot_online_curve(curves: dict[str, list[tuple[float, float]]], path: Path,
+                      chosen: tuple[float, float] | None = None,
+                      levels: dict[str, float] | None = None,
+                      target_delay_s: float | None = None) -> Path:
+    """Online accuracy against latency: per curve, (median emission delay after the
+    ground-truth end (s), f1_strict) points joined in order; `chosen` marks the operating
+    point; `levels` draws labelled horizontal lines (e.g. the offline F1)."""
+    fig = _figure(6.5, 3.8)
+    ax = fig.subplots()
+    for name, pts in curves.items():
+        pts = sorted(p for p in pts if p[0] is not None)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=name)
+    for (label, y), style in zip((levels or {}).items(), ("--", ":", "-."), strict=False):
+        ax.axhline(y, color="#52606d", lw=0.8, ls=style, label=label)
+    if target_delay_s is not None:
+        ax.axvline(target_delay_s, color="#f03b20", lw=0.8, ls=":",
+                   label=f"median delay {target_delay_s:g} s")
+    if chosen is not None and chosen[0] is not None:
+        ax.plot(*chosen, marker="*", ms=12, color="#f03b20", ls="none",
+                label="operating point (threshold tuned on val)")
+    if not ax.lines:
+        _note(ax, "no emitted detection matches a ground truth")
+    ax.set_xlabel("median emission delay after the gesture's end, AEDT (s)")
+    ax.set_ylabel("online f1_strict")
+    ax.set_title("Latency against accuracy online")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def score_norm(lo: float, hi: float = 1.0) -> Any:
     """The colour scale of detection scores: [lo, hi], widened when empty."""
     require_matplotlib()

@@ -19,7 +19,6 @@ import numpy as np
 
 from detect.data.annotations import Annotations, VideoAnnotations
 from detect.inference.detections import Detections
-from detect.inference.postprocess import apply_threshold
 from detect.runs import BEST, RUN_FILE, read_run, run_feature_set, score_threshold
 from extract.cache import FEATURESET_FILE, FeatureSet, read_meta, settings_key
 from extract.config import ExtractConfig
@@ -121,7 +120,7 @@ def predict_videos(
     from detect.data.windows import WindowDataset
     from detect.evaluation.submission import write_miga_csvs
     from detect.inference.detections import save_predictions
-    from detect.inference.predictor import load_run_model, predict
+    from detect.inference.predictor import final_detections, load_run_model
     from extract.pipeline import format_summary, run_extraction
     from extract.runtime import resolve_device
     from extract.threads import apply_threads
@@ -165,8 +164,7 @@ def predict_videos(
                                            np.zeros((0, 2)), np.zeros(0, np.int64))
     dataset = WindowDataset(fs, ann, SUBSET, cfg.data, train=False)
     with torch.inference_mode():
-        preds = apply_threshold(predict(model, dataset, cfg, device, progress=progress),
-                                threshold)
+        preds = final_detections(model, dataset, cfg, device, threshold, progress)
     save_predictions(out / "predictions.json", preds, classes)
     write_miga_csvs(preds, ann, out / "submission")
     atomic_write_json(out / "predict.json", {

@@ -46,11 +46,12 @@ from detect.data.annotations import SUBSETS, Annotations, load_annotations
 from detect.evaluation.metrics import greedy_assign
 from detect.inference.detections import Detections, load_predictions, tiou
 from detect.runs import features_provenance, random_weights_warning, read_run
-from extract.io import RunError, atomic_write_bytes, read_metrics_rows
+from extract.io import RunError, atomic_write_bytes, read_json, read_metrics_rows
 from extract.progress import progress as progress_bar
 
 REPORT_DIR = "report"
 INDEX = "index.html"
+ONLINE_METRICS = "metrics_online.json"  # `eval --online`
 TIMELINE_GLOB = "timeline-*.png"
 
 
@@ -372,9 +373,11 @@ def render_page(
     summary: MatchSummary,
     videos: Sequence[dict[str, Any]],
     images: Mapping[str, bytes] | None = None,
+    online: dict[str, Any] | None = None,
 ) -> str:
     """The HTML of the report. `videos`: dicts with id, image, num_gt, num_pred, matched.
-    `images`: PNG bytes by file name, embedded as data URIs; None links the files instead."""
+    `images`: PNG bytes by file name, embedded as data URIs; None links the files instead.
+    `online`: metrics_online.json (`eval --online`), shown with its latency curve."""
     ctx = ctx if isinstance(ctx, PageContext) else PageContext(ctx)
     parts = [
         "<!DOCTYPE html>",
@@ -387,6 +390,7 @@ def render_page(
         "<h2>Training</h2>",
         _img("curves.png", "training losses and val metrics per epoch", images),
         *_matching_sections(metrics, classes, summary, images),
+        *(_online_section(online, images) if online is not None else []),
         f"<h2>Timelines ({_e(_plural(len(videos), 'video'))})</h2>",
         '<p class="muted">One lane per class: ground truth as grey boxes (upper half), detections '
         "coloured by score (lower half).</p>",
@@ -438,14 +442,58 @@ def write_report(
     videos = _timelines(preds, ann.subset(subset), ann.classes, metrics, summary.matched, out,
                         progress)
 
+    online = _read_online(run, subset)
     names = ["curves.png", "confusion.png", "tiou.png", *(v["image"] for v in videos)]
+    if online is not None:
+        names.append(_plot_online(online, out / "online.png"))
     images = None if linked else {n: (out / n).read_bytes() for n in names}
     ctx = PageContext(f"mgdet report: {run.resolve().name}", features_provenance(info),
                       cfg.name, _code_version(info), random_weights_warning(info))
-    page = render_page(ctx, metrics, ann.classes, summary, videos, images)
+    page = render_page(ctx, metrics, ann.classes, summary, videos, images, online)
     index = out / INDEX
     atomic_write_bytes(index, page.encode("utf-8"))
     return index
+
+
+def _read_online(run: Path, subset: str) -> dict[str, Any] | None:
+    """metrics_online.json when `eval --online` scored the same subset, else None."""
+    path = run / ONLINE_METRICS
+    if not path.is_file():
+        return None
+    m = read_json(path, "online metrics", ReportError)
+    return m if isinstance(m, dict) and m.get("subset") == subset else None
+
+
+def _plot_online(online: dict[str, Any], path: Path) -> str:
+    from detect.apps import plots
+
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for r in online.get("curve") or []:
+        curves.setdefault(f"D = {r['horizon_s']:g} s", []).append(
+            (r["aedt_median_s"], r["f1_strict"]))
+    plots.plot_online_curve(curves, path, chosen=(online.get("aedt_median_s"),
+                                                  online["f1_strict"]))
+    return path.name
+
+
+def _online_section(m: dict[str, Any], images: Mapping[str, bytes] | None) -> list[str]:
+    st = m.get("settings", {})
+    rows = [["F1 (MiGA)", _num(m.get("f1_miga"), 4)], ["F1 (strict)", _num(m["f1_strict"], 4)],
+            ["mAP", _num(m.get("map"), 4)], ["emitted", str(m.get("emitted", "-"))],
+            ["AEDT median / p95 / mean (s)", " / ".join(
+                _num(m.get(k), 2) for k in ("aedt_median_s", "aedt_p95_s", "aedt_mean_s"))]]
+    setting = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in st.items())
+    return [
+        "<h2>Online</h2>",
+        f'<p class="muted">`eval --online`: the videos replayed step by step from the feature '
+        f"set; {_e(setting)}. AEDT: emission time minus the ground-truth end over the strict "
+        "true positives. The curve sweeps the horizon D and the emission threshold on this "
+        "subset; the star is the operating point, its threshold tuned on val.</p>",
+        _table(["online metric", "value"], rows, "headline"),
+        *([_img("online.png", "online f1 against emission delay", images)]
+          if m.get("curve") else []),
+    ]
 
 
 def _code_version(info: dict[str, Any]) -> str:

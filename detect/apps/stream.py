@@ -7,19 +7,29 @@ SOURCE is a video file, a camera (`/dev/video0`, through FFmpeg's v4l2) or any U
   frames as they arrive, with the run's extraction settings, backbone (i3d_r50 or inception_i3d,
   the feature set's) and weights; the features equal the feature set's (tests/test_stream.py)
   and memory does not grow with the stream.
-- Stage two runs windows of `--window` steps every `--hop` steps (`detect/inference/online.py`); a
-  detection is written once it is final (no later window can change it) and never revised. The
-  default hop is offline evaluation's, window x (1 - the run's data.eval_overlap), so a file
-  streamed gives the detections `predict` and `eval` give; a smaller `--hop` emits sooner, with
-  other (more overlapping) windows and so possibly other detections.
+- Stage two runs in one of two modes (`--mode`; by default causal for a run trained for it,
+  `online.causal`, else window-final). Either way a written detection is never revised.
+  - causal (`detect/inference/causal.py`): every `--every` steps (default the run's
+    online.every) one window of `--window` steps ending at the newest step runs; the gestures it
+    finds that ended within the last D = online.horizon_s seconds are written once they score
+    at least the emission threshold and overlap nothing written before. A file streamed gives
+    the detections `predict` and `eval` give for such a run (its causal replay).
+  - window-final (`detect/inference/online.py`): windows of `--window` steps every `--hop`
+    steps; a detection is written once it is final (no later window can change it). The default
+    hop is offline evaluation's, window x (1 - the run's data.eval_overlap), so a file streamed
+    gives the detections `predict` and `eval` give for a run trained on windows; a smaller
+    `--hop` emits sooner, with other (more overlapping) windows and so possibly other
+    detections.
 - Output: one JSON line per detection on stdout and in `--out` (default
   RUN/stream/<source>-<UTC time>.jsonl): class, label, start, end, score, emitted_at,
-  source_time (FIELDS below). Next to it, `<same name>.json` records the run, source, settings,
-  versions, outcome and latency figures, among them real_time_factor.
+  source_time (FIELDS below). Next to it, `<same name>.json` records the run, source, mode and
+  its settings, versions, outcome and latency figures, among them real_time_factor, and one
+  entry per detection written ("emissions": its end, emitted_at and source_time).
 
 Exit codes:
   0    the source ended; everything was final and written
-  2    usage error, or a run this command cannot use (not a run, e2e run, weights missing)
+  2    usage error (among them --hop in causal mode, --every in window-final), or a run
+       this command cannot use (not a run, e2e run, weights missing)
   3    the source could not be opened or sent no frame
   4    the source failed mid-stream: detections up to the failure are final and written
   130  interrupted (Ctrl-C): what was final is written, nothing after it
@@ -33,9 +43,12 @@ FIELDS (all times in seconds):
   real_time_factor   (run record) wall-clock seconds of the stream / seconds of video: below 1
                      keeps up with a live source, above 1 falls behind it
 
-Latency: a detection ending at t is final once the window starting after t - hop has run, i.e.
-about W - hop steps later, plus stage one's chunk and halo (`--chunk-frames` + 18 frames for
-i3d_r50, + 40 for inception_i3d).
+Latency, after a gesture's end, on top of stage one's chunk and halo (`--chunk-frames` + 18
+frames for i3d_r50, + 40 for inception_i3d) which every step waits for:
+  causal        within about D (and `--every` steps): its end falls in the last D steps of the
+                decisions that follow it, and the first one that scores it high enough writes
+                it (or none does: a gesture found later than D is never reported)
+  window-final  about W - hop steps: it is final once the window starting after t - hop has run
 """
 
 from __future__ import annotations
@@ -48,13 +61,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import torch
 
 from detect.apps.predict import RunFeatures, backbone_for, run_features
-from detect.data.windows import window_step
+from detect.data.windows import horizon_steps, window_step
+from detect.inference.causal import CausalDetector, CausalSettings, Decider
 from detect.inference.detections import Detections
 from detect.inference.online import OnlineDetector, WindowSettings
 from detect.inference.postprocess import DecodeOptions
@@ -75,13 +89,20 @@ EXIT_UNREADABLE = 3
 EXIT_SOURCE_FAILED = 4
 EXIT_INTERRUPTED = 130
 
+CAUSAL, WINDOW_FINAL = "causal", "window-final"
+MODES = (CAUSAL, WINDOW_FINAL)
+
 
 @dataclass
 class StreamOptions:
-    """window / hop in feature steps (default: the run's window, and offline evaluation's hop,
+    """mode: "causal" or "window-final" (None: causal iff the run was trained for it,
+    online.causal);
+    window in feature steps (default: the run's data.window);
+    hop (window-final only) in feature steps (default: offline evaluation's,
     window x (1 - data.eval_overlap));
+    every (causal only): feature steps between decisions (default: the run's online.every);
     chunk_frames: stage one's core frames per chunk (lower: less latency, more halo overhead);
-    threshold: default the run's."""
+    threshold: default the run's (causal: online.threshold when >= 0, else the tuned one)."""
 
     window: int | None = None
     hop: int | None = None
@@ -89,6 +110,8 @@ class StreamOptions:
     chunk_frames: int = 32
     threshold: float | None = None
     device: str = "auto"
+    mode: str | None = None
+    every: int | None = None
 
 
 @dataclass
@@ -102,7 +125,8 @@ class StreamResult:
     latency: list[float] = field(default_factory=list)  # emitted_at - end, per detection
     source_latency: list[float] = field(default_factory=list)  # source_time - end
     stage_two: list[tuple[int, float]] = field(default_factory=list)  # (windows, s) per call
-    windows: str = ""  # which windows ran, against offline evaluation's
+    windows: str = ""  # what stage two ran (mode, windows), against offline evaluation's
+    emissions: list[dict[str, float]] = field(default_factory=list)  # end, emitted_at, source_time
 
 
 def paced(chunks: Iterable[torch.Tensor], fps: float,
@@ -156,6 +180,14 @@ class _Frames:
             self.error = e
 
 
+class _Detector(Protocol):
+    """Stage two as the stream drives it: `OnlineDetector` (window-final) or `CausalDetector`."""
+
+    def push(self, features: np.ndarray, res4: np.ndarray | None = None) -> Detections: ...
+
+    def finish(self) -> Detections: ...
+
+
 @dataclass
 class _Setup:
     """A run made ready to stream: its two stages and the settings the record names."""
@@ -164,35 +196,97 @@ class _Setup:
     ecfg: Any
     features: RunFeatures
     extractor: Any
-    online_settings: WindowSettings
+    settings: WindowSettings | CausalSettings  # by mode: window-final's or causal's
     model: torch.nn.Module
     ck: dict[str, Any]
     threshold: float
     device: torch.device
 
+    @property
+    def mode(self) -> str:
+        return CAUSAL if isinstance(self.settings, CausalSettings) else WINDOW_FINAL
+
+
+def stream_mode(cfg: Any, opts: StreamOptions) -> str:
+    """The mode to run (`StreamOptions.mode`, else the run's); RunError for options that belong
+    to the other mode, before anything is loaded."""
+    mode = opts.mode or (CAUSAL if cfg.online.causal else WINDOW_FINAL)
+    if mode not in MODES:
+        raise RunError(f"unknown mode {mode!r}: causal or window-final")
+    if mode == CAUSAL and opts.hop:
+        # Refused rather than reused: a hop between windows and the steps between causal
+        # decisions change different things (which windows vs how soon), so silently mapping
+        # one onto the other would hide which was meant.
+        raise RunError("--hop sets the window-final mode's windows; the causal mode runs "
+                       "a decision every --every steps (use --every, or --mode window-final)")
+    if mode == WINDOW_FINAL and opts.every:
+        raise RunError("--every sets the causal mode's decisions; the window-final mode runs "
+                       "windows every --hop steps (use --hop, or --mode causal)")
+    return mode
+
+
+def _stage_two_settings(cfg: Any, mode: str, opts: StreamOptions, stride: int, fps: float
+                        ) -> WindowSettings | CausalSettings:
+    window = opts.window or cfg.data.window
+    if mode == CAUSAL:
+        # horizon_s is the run's (its training targets were cut at it); at most the window.
+        h = min(window, horizon_steps(cfg.online.horizon_s, stride, fps))
+        return CausalSettings(window, h, opts.every or cfg.online.every, stride, fps)
+    hop = opts.hop or window_step(window, cfg.data.eval_overlap)
+    return WindowSettings(window, hop, stride, fps)
+
+
+def _threshold(cfg: Any, ck: dict[str, Any], run: Path, mode: str, opts: StreamOptions
+               ) -> float:
+    """--threshold, else the mode's: causal uses online.threshold when set (>= 0); otherwise
+    (and in window-final) the run's own, which for a causal run is its val-tuned emission
+    threshold."""
+    if opts.threshold is not None:
+        return float(opts.threshold)
+    if mode == CAUSAL and cfg.online.threshold >= 0:
+        return float(cfg.online.threshold)
+    return float(score_threshold(cfg, ck, run))
+
 
 def _prepare(run: Path, opts: StreamOptions) -> _Setup:
     """Stage one with the run's extraction settings and weights (built once), stage two with its
-    best checkpoint; RunError for a run this command cannot use."""
+    best checkpoint in the chosen mode; RunError for a run or options this command cannot
+    use."""
     cfg, info = read_run(run)
     if cfg.mode != "features":
         raise RunError(f"{run}: an end-to-end run; streaming needs a run trained on cached "
                        "features (its I3D is the feature set's)")
+    mode = stream_mode(cfg, opts)
     apply_threads(cfg.train.threads)
     device = resolve_device(opts.device)
     model, ck = load_run_model(run, device)
-    threshold = opts.threshold if opts.threshold is not None else score_threshold(cfg, ck, run)
+    threshold = _threshold(cfg, ck, run, mode, opts)
     features = run_features(run, info)
     ecfg, backbone = backbone_for(features)
-    window = opts.window or cfg.data.window
-    hop = opts.hop or window_step(window, cfg.data.eval_overlap)
     try:
-        settings = WindowSettings(window, hop, ecfg.stride, ecfg.fps)
+        settings = _stage_two_settings(cfg, mode, opts, ecfg.stride, ecfg.fps)
         extractor = ChunkedExtractor(backbone, ecfg.stride, device,
                                      RunOptions(chunk_frames=opts.chunk_frames))
     except ValueError as e:
-        raise RunError(f"{e} (--window, --hop, --chunk-frames)") from e
-    return _Setup(cfg, ecfg, features, extractor, settings, model, ck, float(threshold), device)
+        flags = "--every" if mode == CAUSAL else "--hop"
+        raise RunError(f"{e} (--window, {flags}, --chunk-frames)") from e
+    return _Setup(cfg, ecfg, features, extractor, settings, model, ck, threshold, device)
+
+
+def _detector(s: _Setup, result: StreamResult) -> _Detector:
+    """Stage two for the setup's mode; each model call's (windows, seconds) goes to the
+    result."""
+    st = s.settings
+    decode = DecodeOptions.of(s.cfg, st.stride, st.fps, st.window)
+
+    def timed(n: int, sec: float) -> None:
+        result.stage_two.append((n, sec))
+
+    if isinstance(st, CausalSettings):
+        decider = Decider(s.model, st, decode, s.device, on_batch=timed)
+        return CausalDetector(decider, s.threshold, s.cfg.eval.nms_iou)
+    return OnlineDetector(s.model, st, s.cfg.eval.nms_iou, s.threshold, decode=decode,
+                          device=s.device, on_window=timed)
 
 
 class _Writer:
@@ -219,6 +313,9 @@ class _Writer:
             self.result.detections += 1
             self.result.latency.append(since - float(dets.end[i]))
             self.result.source_latency.append(received - float(dets.end[i]))
+            self.result.emissions.append({"end": round(float(dets.end[i]), 4),
+                                          "emitted_at": round(since, 3),
+                                          "source_time": round(received, 3)})
             if self.stdout is not None:
                 self.stdout.write(line + "\n")
         if len(dets):
@@ -238,10 +335,10 @@ def _outcome(frames: _Frames, fps: float) -> tuple[int, str]:
     return EXIT_OK, f"the source ended after {seconds}"
 
 
-def _pump(s: _Setup, frames_src: FrameStream, frames: _Frames, online: OnlineDetector,
+def _pump(s: _Setup, frames_src: FrameStream, frames: _Frames, online: _Detector,
           write: _Writer, bar: ProgressBar, result: StreamResult) -> None:
-    """Frames -> features -> online detections until the source ends, fails or is interrupted;
-    sets the result's exit code and message."""
+    """Frames -> features -> online detections (either mode) until the source ends, fails or is
+    interrupted; sets the result's exit code and message."""
     cache_dtype = np.dtype(s.features.settings["dtype"])
     try:
         frames_src.start()
@@ -272,6 +369,33 @@ def windows_note(settings: WindowSettings, eval_overlap: float) -> str:
             f"differ (--hop {offline} gives the same)")
 
 
+def causal_note(settings: CausalSettings) -> str:
+    """What the causal mode ran, for people: how often, over which windows, how far back."""
+    every = f"{settings.every} step" + ("s" if settings.every != 1 else "")
+    return (f"causal decisions every {every} over windows of {settings.window} steps, reporting "
+            f"gestures that ended within the last {settings.horizon * settings.step_seconds:g} s")
+
+
+def _note(s: _Setup) -> str:
+    st = s.settings
+    if isinstance(st, CausalSettings):
+        return causal_note(st)
+    if s.cfg.online.causal:
+        # Not "as offline evaluation": predict and eval report such a run's causal replay.
+        return (f"window-final: windows of {st.window} steps every {st.hop}, on a run trained "
+                "for the causal mode (predict and eval give its causal replay: --mode causal)")
+    return windows_note(st, s.cfg.data.eval_overlap)
+
+
+def _settings_record(s: _Setup) -> dict[str, Any]:
+    """The record's mode and the settings of stage two that it names."""
+    st = s.settings
+    if isinstance(st, CausalSettings):
+        return {"mode": CAUSAL, "window": st.window, "every": st.every,
+                "horizon_s": round(st.horizon * st.step_seconds, 6), "horizon_steps": st.horizon}
+    return {"mode": WINDOW_FINAL, "window": st.window, "hop": st.hop}
+
+
 def _closing_record(result: StreamResult, fps: float) -> dict[str, Any]:
     """What the run record adds once the stream is over."""
     video_s = result.frames / fps
@@ -287,6 +411,7 @@ def _closing_record(result: StreamResult, fps: float) -> dict[str, Any]:
         "latency_s": _spread(result.latency),
         "source_latency_s": _spread(result.source_latency),
         "stage_two_s_per_window": _spread([sec / n for n, sec in result.stage_two]),
+        "emissions": result.emissions,
     }
 
 
@@ -305,25 +430,20 @@ def stream(source: str, run: Path, out: Path | None = None,
     record: dict[str, Any] = {
         "source": source, "live": is_live(source), "run": str(run.resolve()),
         "checkpoint_epoch": s.ck["best_epoch"], "feature_set": s.features.where,
-        "options": asdict(opts), "window": s.online_settings.window,
-        "hop": s.online_settings.hop, "threshold": s.threshold,
+        "options": asdict(opts), **_settings_record(s), "threshold": s.threshold,
         "nms_iou": s.cfg.eval.nms_iou, "device": str(s.device), "detections_file": out.name,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running", "versions": versions(),
     }
     atomic_write_json(record_path, record)
 
-    ecfg, cfg = s.ecfg, s.cfg
+    ecfg = s.ecfg
     result = StreamResult(1, "stopped by an unexpected error (see the traceback)", out,
-                          windows=windows_note(s.online_settings, cfg.data.eval_overlap))
+                          windows=_note(s))
     decode = DecodeSettings(ecfg.fps, ecfg.short_side, ecfg.crop)
     frames_src = FrameStream(source, decode, chunk=ecfg.stride, track_pts=False)
     frames = _Frames(paced(frames_src, ecfg.fps) if opts.realtime else frames_src)
-    ws = s.online_settings
-    online = OnlineDetector(s.model, ws, cfg.eval.nms_iou, s.threshold,
-                            decode=DecodeOptions.of(cfg, ws.stride, ws.fps, ws.window),
-                            device=s.device,
-                            on_window=lambda n, sec: result.stage_two.append((n, sec)))
+    online = _detector(s, result)
     bar = progress_bar(desc=f"stream {source}", unit="frame", enabled=progress, leave=False)
     t_start = time.monotonic()
     try:

@@ -27,7 +27,7 @@ the backbone's features of the core equal the cached ones.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +149,48 @@ class _Window:
     video: int
     start: int
     valid: int
-    inside: np.ndarray  # indices of the instances entirely inside the window
+    inside: np.ndarray  # indices of the instances that are targets (entirely inside the window)
+    # Causal windows: instances complete earlier than the last D steps, which the pyramid
+    # detector's loss ignores (neither positive nor negative)
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def horizon_steps(horizon_s: float, stride: int, fps: float) -> int:
+    """The causal mode's D in feature steps: horizon_s rounded to whole steps, at least 1."""
+    return max(1, int(round(horizon_s * fps / stride)))
+
+
+@dataclass(frozen=True)
+class CausalTargets:
+    """Causal training windows (`online.causal`): windows of W steps ending every `hop` steps
+    (and at the video's end), whose targets are the instances inside the window that ended
+    within its last `horizon` steps."""
+
+    horizon: int
+    hop: int
+
+
+def causal_windows(ft: np.ndarray, num_steps: int, window: int, c: CausalTargets,
+                   video: int = 0) -> list[_Window]:
+    """The causal training windows of one video (instances `ft` (n, 2) in feature time).
+
+    The window ending after e steps is [max(0, e - W), e) with e valid steps (padded at its end
+    while e < W, as at the start of a stream). Targets: instances with start >= the window's
+    start and e - horizon < end <= e. Ignored: instances inside the window that ended at or
+    before e - horizon (reported by earlier decisions). Instances still running at e are
+    neither: the model must learn not to report a gesture before it has ended.
+    """
+    out = []
+    ends = list(range(c.hop, num_steps + 1, c.hop))
+    if num_steps and (not ends or ends[-1] != num_steps):
+        ends.append(num_steps)
+    for e in ends:
+        start = max(0, e - window)
+        inside = (ft[:, 0] >= start) & (ft[:, 1] <= e)
+        fresh = ft[:, 1] > e - c.horizon
+        out.append(_Window(video, start, e - start, np.flatnonzero(inside & fresh),
+                           np.flatnonzero(inside & ~fresh)))
+    return out
 
 
 def slice_padded(x: np.ndarray, start: int, window: int) -> torch.Tensor:
@@ -183,6 +224,7 @@ class WindowDataset(Dataset):
         train: bool,
         frames: FrameOptions | None = None,
         seed: int = 0,
+        causal: CausalTargets | None = None,
     ) -> None:
         cfg = data_cfg
         if not math.isclose(feature_set.fps, cfg.fps) or feature_set.stride != cfg.stride:
@@ -210,7 +252,7 @@ class WindowDataset(Dataset):
         self.epoch = 0
         self.seed = seed
         step = max(1, int(round(self.window * (1.0 - cfg.train_overlap))))
-        self.jitter = step // 2 if train and cfg.train_jitter else 0
+        self.jitter = step // 2 if train and cfg.train_jitter and causal is None else 0
         self.videos: list[_Video] = []
         self.items: list[_Window] = []
         overlap = cfg.train_overlap if train else cfg.eval_overlap
@@ -223,8 +265,12 @@ class WindowDataset(Dataset):
             v.ft, v.labels = instances_in_feature_time(
                 va.segments, va.labels, v.num_steps, self.stride, self.fps
             )
-            ft = v.ft
             self.videos.append(v)
+            if train and causal is not None:
+                self.items += causal_windows(v.ft, v.num_steps, self.window, causal,
+                                             len(self.videos) - 1)
+                continue
+            ft = v.ft
             for s in plan_windows(v.num_steps, self.window, overlap, tail=True):
                 valid = min(self.window, v.num_steps - s)
                 inside = np.nonzero((ft[:, 0] >= s) & (ft[:, 1] <= s + self.window))[0]
@@ -316,6 +362,7 @@ class WindowDataset(Dataset):
         item: dict[str, Any] = {
             "labels": torch.from_numpy(v.labels[w.inside].copy()),
             "segments": torch.from_numpy(seg.astype(np.float32)),
+            "ignore": torch.from_numpy(((v.ft[w.ignore] - w.start) / W).astype(np.float32)),
             "dense": torch.from_numpy(
                 dense_targets(v.ft, v.labels, w.start, W, v.num_steps, self.num_classes)
             ),
@@ -344,8 +391,12 @@ def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not items:
         raise ValueError("collate_windows needs at least one window")
+    targets = [{"labels": it["labels"], "segments": it["segments"]} for it in items]
+    for t, it in zip(targets, items, strict=True):
+        if len(it.get("ignore", ())):
+            t["ignore"] = it["ignore"]
     common = {
-        "targets": [{"labels": it["labels"], "segments": it["segments"]} for it in items],
+        "targets": targets,
         "dense": torch.stack([it["dense"] for it in items]),
         "meta": [it["meta"] for it in items],
     }
@@ -362,9 +413,7 @@ def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "features": torch.stack([it["features"] for it in items]),
         "res4": torch.stack([it["res4"] for it in items]) if all(has_res4) else None,
-        "targets": [{"labels": it["labels"], "segments": it["segments"]} for it in items],
-        "dense": torch.stack([it["dense"] for it in items]),
-        "meta": [it["meta"] for it in items],
+        **common,
     }
 
 
@@ -382,7 +431,13 @@ def window_dataset(cfg: Config, fs: FeatureSet, ann: Any, subset: str, train: bo
     """The subset's windows for `cfg.mode`: cached features, or stored frames with `halo` context
     frames (augmented when training and `backbone.augment.enabled`)."""
     if cfg.mode != "e2e":
-        return WindowDataset(fs, ann, subset, cfg.data, train=train, seed=cfg.train.seed)
+        causal = None
+        if cfg.online.causal:
+            causal = CausalTargets(
+                min(cfg.data.window, horizon_steps(cfg.online.horizon_s, fs.stride, fs.fps)),
+                cfg.online.train_hop)
+        return WindowDataset(fs, ann, subset, cfg.data, train=train, seed=cfg.train.seed,
+                             causal=causal)
     aug = cfg.backbone.augment if train and cfg.backbone.augment.enabled else None
     opts = FrameOptions(crop=crop_size(cfg, fs), halo=halo, augment=aug, seed=cfg.train.seed)
     return WindowDataset(fs, ann, subset, cfg.data, train=train, frames=opts,

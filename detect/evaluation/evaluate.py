@@ -19,8 +19,7 @@ from detect.data.windows import WindowDataset, window_dataset
 from detect.evaluation.metrics import best_threshold, score
 from detect.inference.detections import Detections
 from detect.inference.postprocess import apply_threshold
-from detect.inference.predictor import load_run_model, predict
-from detect.runs import read_run, run_feature_set, score_threshold
+from detect.inference.predictor import load_evaluation, predict
 
 
 def evaluate_subset(
@@ -32,7 +31,15 @@ def evaluate_subset(
     threshold: float | None,
     progress: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Detections]]:
-    """Metrics on `dataset.subset` and all its detections; threshold=None tunes it there."""
+    """Metrics on `dataset.subset` and all its detections; threshold=None tunes it there.
+
+    A causal run (`online.causal`) is evaluated on what its causal replay emits (the threshold
+    is then the emission threshold; the metrics add the emission delays, AEDT)."""
+    if cfg.online.causal:
+        from detect.evaluation.online_eval import evaluate_causal
+
+        metrics, em = evaluate_causal(model, dataset, ann, cfg, device, threshold, progress)
+        return metrics, {v: e.detections for v, e in em.items()}
     preds = predict(model, dataset, cfg, device, progress=progress)
     return score_detections(preds, ann, dataset.subset, cfg.eval, threshold), preds
 
@@ -62,23 +69,16 @@ def score_detections(
 
 def evaluate_run(run: Path, subset: str = "test", progress: bool = True) -> dict[str, Any]:
     """`python -m detect eval`: predictions.json, MiGA CSVs and metrics.json in the run folder."""
-    from detect.data.annotations import load_annotations
     from detect.evaluation.metrics import format_table
     from detect.evaluation.submission import write_miga_csvs
     from detect.inference.detections import save_predictions
     from extract.io import atomic_write_json
     from extract.provenance import versions
-    from extract.runtime import resolve_device
-    from extract.threads import apply_threads
 
     run = Path(run)
-    cfg, info = read_run(run)
-    apply_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    fs = run_feature_set(run, info)
-    ann = load_annotations(Path(info["annotations"]), feature_set=fs)
-    model, ck = load_run_model(run, device)
-    threshold = score_threshold(cfg, ck, run)
+    r = load_evaluation(run)
+    cfg, fs, ann, model, ck, device = r.cfg, r.fs, r.ann, r.model, r.ck, r.device
+    threshold = r.threshold
     dataset = window_dataset(cfg, fs, ann, subset, train=False, halo=getattr(model, "halo", 0))
     metrics, preds = evaluate_subset(model, dataset, ann, cfg, device, threshold, progress)
     kept = apply_threshold(preds, threshold)

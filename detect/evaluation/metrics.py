@@ -219,6 +219,25 @@ def _by_score(d: Detections) -> np.ndarray:
     return np.argsort(-d.score, kind="stable")
 
 
+def strict_pairs(d: Detections, g: VideoAnnotations, match_iou: float = 0.3
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The one-to-one matches of f1_strict in one video: (prediction indices, ground-truth
+    indices), both (m,). Per class, predictions by descending score each take the unmatched
+    ground truth of highest tIoU > match_iou."""
+    pis, gis = [], []
+    for c in np.unique(d.label):
+        pi = np.flatnonzero(d.label == c)
+        pi = pi[_by_score(d.take(pi))]
+        gi = np.flatnonzero(g.labels == c)
+        if gi.size:
+            got = greedy_assign(tiou(d.segments[pi], g.segments[gi]), match_iou)
+            pis.append(pi[got >= 0])
+            gis.append(gi[got[got >= 0]])
+    if not pis:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(pis), np.concatenate(gis)
+
+
 def f1_strict(
     predictions: dict[str, Detections],
     annotations: Annotations,
@@ -230,13 +249,7 @@ def f1_strict(
     for d, g in _pairs(predictions, annotations, subset):
         num_pred += len(d)
         num_gt += len(g)
-        for c in np.unique(d.label):
-            pi = np.flatnonzero(d.label == c)
-            pi = pi[_by_score(d.take(pi))]
-            gi = np.flatnonzero(g.labels == c)
-            if gi.size:
-                iou = tiou(d.segments[pi], g.segments[gi])
-                matched += int(_greedy_match(iou, match_iou, inclusive=False).sum())
+        matched += len(strict_pairs(d, g, match_iou)[0])
     p, r, f = _prf(matched, num_pred, matched, num_gt)
     return {
         "precision": p,
@@ -418,3 +431,26 @@ def score_files(
     if out is not None:
         atomic_write_json(Path(out), metrics)
     return metrics
+
+
+def emission_delays(
+    predictions: dict[str, Detections],
+    emitted_at: dict[str, np.ndarray],
+    annotations: Annotations,
+    subset: str,
+    match_iou: float = 0.3,
+) -> np.ndarray:
+    """Emission time minus ground-truth end (seconds) of every true positive of f1_strict's
+    one-to-one matching (class match, tIoU > match_iou): the delays behind AEDT (OAT's average
+    emission delay), (m,). emitted_at[video]: (n,) seconds, one per prediction of that video."""
+    out = []
+    for vid in annotations.subset(subset).video_ids():
+        d = predictions.get(vid, Detections.empty())
+        at = np.asarray(emitted_at.get(vid, np.zeros(0)), np.float64)
+        if at.shape != (len(d),):
+            raise ValueError(f"video {vid!r}: {at.shape[0]} emission times for {len(d)} "
+                             "predictions")
+        g = annotations.videos[vid]
+        pi, gi = strict_pairs(d, g, match_iou)
+        out.append(at[pi] - g.segments[gi, 1])
+    return np.concatenate(out) if out else np.zeros(0)

@@ -145,12 +145,13 @@ class OnlineDetector:
         self.device = device or torch.device("cpu")
         self.merger = OnlineMerger(nms_iou, threshold)
         self.on_window = on_window  # (windows, seconds) per model call: for the bench
-        self._feats: np.ndarray | None = None  # (buffered steps, C) from global step _base
-        self._res4: np.ndarray | None = None
-        self._base = 0
+        self.buf = StepBuffer()
         self.next_start = 0
         self.last_start: int | None = None
-        self.num_steps = 0
+
+    @property
+    def num_steps(self) -> int:
+        return self.buf.num_steps
 
     @property
     def step_seconds(self) -> float:
@@ -158,11 +159,7 @@ class OnlineDetector:
 
     def push(self, features: np.ndarray, res4: np.ndarray | None = None) -> Detections:
         """features (t, C) float32 (res4 (t, C4)) following the previous ones -> newly final."""
-        if len(features):
-            self._feats = _append(self._feats, features)
-            if res4 is not None:
-                self._res4 = _append(self._res4, res4)
-            self.num_steps += len(features)
+        self.buf.append(features, res4)
         W, hop = self.s.window, self.s.hop
         starts = []
         while self.next_start + W <= self.num_steps:
@@ -174,7 +171,7 @@ class OnlineDetector:
         # Later windows (the tail one included) start at or after starts[-1].
         out = self.merger.add(dets, (starts[-1] + hop) * self.step_seconds,
                               keep_after=starts[-1] * self.step_seconds)
-        self._trim(min(self.next_start, self.num_steps - W))
+        self.buf.trim(min(self.next_start, self.num_steps - W))
         return out
 
     def finish(self) -> Detections:
@@ -190,16 +187,16 @@ class OnlineDetector:
 
     def _run(self, starts: list[int]) -> Detections:
         W = self.s.window
-        feats, r4 = self._feats, self._res4
+        feats, r4 = self.buf.feats, self.buf.res4
         assert feats is not None
         meta = []
         xs, r4s = [], []
         for s in starts:
             valid = min(W, self.num_steps - s)
             meta.append(("stream", s, valid))
-            xs.append(slice_padded(feats, s - self._base, W))
+            xs.append(slice_padded(feats, s - self.buf.base, W))
             if r4 is not None:
-                r4s.append(slice_padded(r4, s - self._base, W))
+                r4s.append(slice_padded(r4, s - self.buf.base, W))
         t0 = time.perf_counter()
         with torch.inference_mode():
             x = torch.stack(xs).to(self.device)
@@ -211,20 +208,42 @@ class OnlineDetector:
             self.on_window(len(starts), time.perf_counter() - t0)
         return Detections.concat(decoded.get("stream", []))
 
-    def _trim(self, keep_from: int) -> None:
-        """Drop buffered steps before global step `keep_from`."""
-        cut = max(0, keep_from - self._base)
-        if not cut or self._feats is None:
-            return
-        # Views: the next push copies what is left into a new array, freeing the old one.
-        self._feats = self._feats[cut:]
-        if self._res4 is not None:
-            self._res4 = self._res4[cut:]
-        self._base += cut
-
     @property
     def buffered_steps(self) -> int:
-        return 0 if self._feats is None else len(self._feats)
+        return len(self.buf)
+
+
+class StepBuffer:
+    """The feature steps a streaming detector still needs: `feats` (buffered, C) and `res4`
+    (buffered, C4) or None hold global steps `base` .. `num_steps` - 1."""
+
+    def __init__(self) -> None:
+        self.feats: np.ndarray | None = None
+        self.res4: np.ndarray | None = None
+        self.base = 0
+        self.num_steps = 0
+
+    def __len__(self) -> int:
+        return 0 if self.feats is None else len(self.feats)
+
+    def append(self, features: np.ndarray, res4: np.ndarray | None = None) -> None:
+        if not len(features):
+            return
+        self.feats = _append(self.feats, features)
+        if res4 is not None:
+            self.res4 = _append(self.res4, res4)
+        self.num_steps += len(features)
+
+    def trim(self, keep_from: int) -> None:
+        """Drop buffered steps before global step `keep_from`."""
+        cut = max(0, keep_from - self.base)
+        if not cut or self.feats is None:
+            return
+        # Views: the next append copies what is left into a new array, freeing the old one.
+        self.feats = self.feats[cut:]
+        if self.res4 is not None:
+            self.res4 = self.res4[cut:]
+        self.base += cut
 
 
 def _append(buf: np.ndarray | None, new: np.ndarray) -> np.ndarray:

@@ -8,7 +8,9 @@ instances [gs, ge] of the window:
   the farther boundary: lo_l <= max(c - gs, ge - c) < hi_l (`regression_ranges`);
 - among its candidates a point takes the shortest instance (ties: every instance of that length,
   so overlapping instances of one length give a multi-hot target);
-- points past the window's valid steps (padding) take no loss at all.
+- points past the window's valid steps (padding) take no loss at all, nor do points lying in an
+  instance of the target's optional `ignore` (m, 2) (causal windows: instances reported by
+  earlier decisions) unless they are positive for another one.
 
 `loss_cls`: sigmoid focal loss over the valid points and all C classes, summed and divided by
 the number of positive points. `loss_reg`: the `iou_loss` (DIoU by default) between each
@@ -93,19 +95,27 @@ class PyramidCriterion:
     def targets(self, window: int, targets: list[dict[str, Tensor]], valid: list[int],
                 device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """cls_target (B, N, C), assigned instance (B, N, 2) in feature steps, the mask of
-        points inside each window's valid steps (B, N), and the point centres (N,)."""
+        points that take a loss (inside each window's valid steps and not ignored) (B, N), and
+        the point centres (N,)."""
         centres, steps, level = pyramid_points(window, self.levels, device)
         lo = torch.tensor([r[0] for r in self.ranges], device=device)[level]
         hi = torch.tensor([r[1] for r in self.ranges], device=device)[level]
-        cls_t, gt_t = [], []
+        cls_t, gt_t, ignored = [], [], []
         for t in targets:
             gt = t["segments"].to(device=device, dtype=torch.float32).reshape(-1, 2) * window
             c, g = assign_points(centres, steps, lo, hi, gt, t["labels"].to(device),
                                  self.num_classes, self.cfg.centre_radius)
             cls_t.append(c)
             gt_t.append(g)
+            ign = t.get("ignore")
+            if ign is None or not len(ign):
+                ignored.append(torch.zeros_like(centres, dtype=torch.bool))
+                continue
+            ig = ign.to(device=device, dtype=torch.float32).reshape(-1, 2) * window
+            within = (centres[:, None] >= ig[None, :, 0]) & (centres[:, None] <= ig[None, :, 1])
+            ignored.append(within.any(dim=1) & (c.sum(-1) == 0))
         inside = centres[None, :] < torch.tensor(valid, device=device, dtype=torch.float32)[:, None]
-        return torch.stack(cls_t), torch.stack(gt_t), inside, centres
+        return torch.stack(cls_t), torch.stack(gt_t), inside & ~torch.stack(ignored), centres
 
     def __call__(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]],
                  dense: Tensor, valid: list[int] | None = None
