@@ -234,8 +234,9 @@ def test_a_causal_run_trains_evaluates_online_and_predicts(tmp_path):
     assert m["f1_strict"] >= 0.6, m["f1_strict"]
     assert 0 <= m["aedt_median_s"] <= 2.0 and m["aedt_p95_s"] <= 3.0
     assert m["emitted"] == m["num_predictions"] and m["curve"]
-    at = json.loads((tmp_path / "run" / "emitted_at_online.json").read_text())
-    assert sum(len(v) for v in at.values()) == m["emitted"]
+    preds = json.loads((tmp_path / "run" / "predictions_online.json").read_text())["results"]
+    assert sum(len(v) for v in preds.values()) == m["emitted"]
+    assert all(d["segment"][1] <= d["emitted_at"] + 1e-9 for v in preds.values() for d in v)
     # `eval` of a causal run scores what it emits (the same numbers).
     off = evaluate_run(tmp_path / "run", "test", progress=False)
     assert off["f1_strict"] == pytest.approx(m["f1_strict"])
@@ -244,3 +245,34 @@ def test_a_causal_run_trains_evaluates_online_and_predicts(tmp_path):
     page = write_report(tmp_path / "run", "test", progress=False).read_text()
     assert "<h2>Online</h2>" in page and "AEDT median" in page
     assert (tmp_path / "run" / "report" / "online.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_query_point_detector_trains_causally(tmp_path):
+    from detect.evaluation.online_eval import evaluate_online_run
+    from detect.synthetic.features import synth_feature_set
+    from detect.train.loop import train
+
+    fs, ann = synth_feature_set(tmp_path / "d", videos=8, classes=3, seed=1, noise=0.0, dim=16,
+                                min_duration_s=30, max_duration_s=40)
+    cfg = load_config(None, [
+        "data.window=32", "model.hidden_dim=16", "model.num_queries=8", "model.num_points=4",
+        "model.num_layers=1", "model.num_heads=2", "model.ffn_dim=32", "model.mix_dim=8",
+        "model.mamba.layers=1", 'model.mamba.backend="torch"', "train.epochs=2",
+        "train.batch_size=8", "train.lr=1e-3", "train.device=cpu", "online.causal=true",
+        "online.horizon_s=1.2", "online.every=2"])
+    train(cfg, fs.path, ann, tmp_path / "run", progress=False)
+    m = evaluate_online_run(tmp_path / "run", "test", progress=False)
+    st = m["settings"]
+    assert (st["mode"], st["horizon_steps"], st["every"]) == ("causal", 3, 2)
+    preds = json.loads((tmp_path / "run" / "predictions_online.json").read_text())["results"]
+    assert sum(len(v) for v in preds.values()) == m["emitted"] > 0
+    ends = {vid: len(fs.load(vid).features) * 0.4 for vid in preds}
+    for vid, dets in preds.items():
+        for d in dets:
+            # Decisions every 2 steps: emitted at a multiple of 0.8 s (or at the video's end),
+            # never before the detection's end.
+            t = d["emitted_at"]
+            assert d["segment"][1] <= t + 1e-9
+            assert math.isclose(t / 0.8, round(t / 0.8), abs_tol=1e-6) or math.isclose(
+                t, ends[vid])

@@ -147,8 +147,8 @@ def curve(decisions: Decisions, ann: Annotations, subset: str, cfg: Config,
 
 def evaluate_online_run(run: Path, subset: str = "test", mode: OnlineMode | None = None,
                         progress: bool = True) -> dict[str, Any]:
-    """`python -m detect eval RUN --online`: RUN/metrics_online.json (and
-    predictions_online.json, with each detection's emission time)."""
+    """`python -m detect eval RUN --online`: RUN/metrics_online.json and
+    predictions_online.json (each detection with its `emitted_at`)."""
     from detect.data.windows import window_dataset, window_step
     from detect.evaluation.metrics import format_table
     from detect.inference.detections import save_predictions
@@ -195,9 +195,8 @@ def evaluate_online_run(run: Path, subset: str = "test", mode: OnlineMode | None
     metrics.update(subset=subset, settings=settings, curve=rows,
                    checkpoint_epoch=ck["best_epoch"], versions=versions())
     preds = {v: e.detections for v, e in em.items()}
-    save_predictions(run / "predictions_online.json", preds, ann.classes)
-    atomic_write_json(run / "emitted_at_online.json",
-                      {v: [round(float(t), 6) for t in e.emitted_at] for v, e in em.items()})
+    save_predictions(run / "predictions_online.json", preds, ann.classes,
+                     extra={v: {"emitted_at": e.emitted_at} for v, e in em.items()})
     atomic_write_json(run / "metrics_online.json", metrics)
     print(format_table(metrics))
     print(format_latency(metrics))

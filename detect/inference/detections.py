@@ -89,8 +89,12 @@ def tiou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def save_predictions(path: Path | str, preds: dict[str, Detections], classes: list[str]) -> None:
-    """Write predictions JSON atomically (videos sorted, detections by descending score)."""
+def save_predictions(path: Path | str, preds: dict[str, Detections], classes: list[str],
+                     extra: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+    """Write predictions JSON atomically (videos sorted, detections by descending score).
+
+    extra: per video, more per-detection columns (name -> (n,) values in the detections' order)
+    written as fields of each detection (e.g. `emitted_at` of an online replay)."""
     results: dict[str, list[dict[str, Any]]] = {}
     for vid in sorted(preds):
         d = preds[vid]
@@ -103,6 +107,7 @@ def save_predictions(path: Path | str, preds: dict[str, Detections], classes: li
                 "label": classes[int(d.label[i])],
                 "label_id": int(d.label[i]),
                 "score": float(d.score[i]),
+                **{k: float(v[i]) for k, v in (extra or {}).get(vid, {}).items()},
             }
             for i in order
         ]
