@@ -7,6 +7,10 @@ detector, W = 64 steps): the first test video is streamed (as fast as it decodes
 
     python -m bench.stream [--run runs/demo] [--data data/synthetic] [--video V] [--realtime]
                            [--threads 2] [--json bench/results/stream-cpu.json]
+                           [--causal-run RUN]
+
+--causal-run also streams the video with a run trained for the causal mode (issue 32) and records
+its emission times, latency (video time received minus the gesture's end) and real-time factor.
 
 Real-time factor = wall seconds / video seconds (below 1: faster than the video plays).
 Latency: source_time - end (video time received when a detection was emitted, after its end),
@@ -55,6 +59,33 @@ def f1_between(streamed: Detections, offline: Detections, classes: list[str]) ->
     return f1_strict({"v": streamed}, ann, "test", match_iou=0.5)["f1"]
 
 
+def causal_row(args: argparse.Namespace, video: Path, tmp: Path, classes: list[str]) -> dict:
+    """The causal run streamed (its own mode), against its offline replay (`predict` of a causal
+    run): emission times, latency in video time, real-time factor, stage two per decision."""
+    out = tmp / "causal.jsonl"
+    r = stream(str(video), args.causal_run, out, StreamOptions(chunk_frames=args.chunk_frames),
+               progress=False, echo=False)
+    rec = json.loads(out.with_suffix(".json").read_text())
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    preds, classes = predict_videos([video], args.causal_run, tmp / "pred-causal", progress=False,
+                                    id_fn=video_id_from_path)
+    f1 = f1_between(as_detections(lines), next(iter(preds.values())), classes)
+    src = rec["source_latency_s"] or {}
+    s2 = rec["stage_two_s_per_window"] or {}
+    row = {"run": str(args.causal_run), "mode": rec["mode"], "every": rec["every"],
+           "horizon_s": rec["horizon_s"], "exit_code": r.exit_code,
+           "real_time_factor": rec["real_time_factor"], "wall_s": rec["wall_seconds"],
+           "video_s": rec["video_seconds"], "detections": len(lines),
+           "f1_vs_causal_replay": f1, "source_latency_s": src,
+           "stage_two_ms_per_decision": {k: v * 1e3 for k, v in s2.items()},
+           "emissions": rec["emissions"]}
+    print(f"{'causal':>14}: RTF {row['real_time_factor']:.3f}, {len(lines)} detections, F1 vs "
+          f"its causal replay {f1:.3f}; latency (video time) median "
+          f"{src.get('median', float('nan')):.1f} s p95 {src.get('p95', float('nan')):.1f} s; "
+          f"stage two {s2.get('median', float('nan')) * 1e3:.1f} ms per decision", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=REPO / "runs" / "demo")
@@ -64,6 +95,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chunk-frames", type=int, default=32)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--causal-run", type=Path, default=None,
+                    help="also stream with a run trained for the causal mode (online.causal)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not (args.run / "run.json").is_file():
@@ -134,6 +167,8 @@ def main() -> None:
                      if realtime and wall else "")
                   + f"; stage two {s2.get('median', float('nan')) * 1e3:.1f} ms per window "
                     f"(one per hop)", flush=True)
+        if args.causal_run is not None:
+            results["causal"] = causal_row(args, video, tmp, classes)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -28,7 +28,9 @@ SetOpt = typer.Option(None, "--set", help="override a config key: section.key=va
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="TOML config (configs/*.toml)"),
-    features: Path = typer.Option(..., "--features", help="feature set folder ROOT/<key>"),
+    features: list[Path] = typer.Option(
+        ..., "--features", help="feature set folder ROOT/<key>; repeat it to train on several "
+        "streams of the same videos (RGB then pose), fused as model.fusion says"),
     annotations: Path = typer.Option(..., "--annotations", help="canonical annotations.json"),
     out: Path = typer.Option(..., "--out", help="run directory, e.g. runs/NAME"),
     set_: Optional[list[str]] = SetOpt,  # noqa: UP007, UP045 - typer needs Optional here
@@ -42,7 +44,7 @@ def train(
     from detect.train.loop import train as run_train
 
     cfg = load_config(config, [*(set_ or []), *([f"train.threads={threads}"] if threads else [])])
-    result = run_train(cfg, features, annotations, out, resume=resume)
+    result = run_train(cfg, list(features), annotations, out, resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"best {cfg.train.select_metric} on val: {result['best_metric']:.4f} "
                    f"(epoch {result['best_epoch']}); run: {out}")
@@ -281,7 +283,8 @@ def baseline(
 @app.command()
 def ablate(
     configs: Path = typer.Option(..., "--configs", help="folder of *.toml configs"),
-    features: Path = typer.Option(..., "--features", help="feature set folder ROOT/<key>"),
+    features: list[Path] = typer.Option(
+        ..., "--features", help="feature set folder ROOT/<key> (repeat: several streams)"),
     annotations: Path = typer.Option(..., "--annotations", help="canonical annotations.json"),
     out: Path = typer.Option(..., "--out", help="one run folder per config, and the table"),
     baselines: str = typer.Option("probe,dense", "--baselines",
@@ -297,7 +300,8 @@ def ablate(
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise typer.BadParameter(f"unknown baseline {bad[0]!r} (one of {', '.join(KINDS)})")
-    rows = run_ablation(Ablation(configs, features, annotations, out, kinds, tuple(set_ or [])))
+    feats = features[0] if len(features) == 1 else list(features)
+    rows = run_ablation(Ablation(configs, feats, annotations, out, kinds, tuple(set_ or [])))
     typer.echo(format_markdown(rows))
     typer.echo(f"table: {out / 'ablation.md'}")
     if any(r["status"] != "ok" for r in rows):

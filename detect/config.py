@@ -26,6 +26,7 @@ from extract.config import (
 Mode = Literal["features", "e2e"]
 Mixing = Literal["lean", "full"]
 Arch = Literal["pointtad", "pyramid"]
+Fusion = Literal["concat", "gated"]
 PyramidEncoder = Literal["conv", "mamba"]
 IouLoss = Literal["iou", "giou", "diou"]
 QueryMixer = Literal["mamba_mhsa", "mhsa"]
@@ -125,6 +126,11 @@ class ModelConfig:
     # detector of the ActionFormer family, configured by [model.pyramid].
     arch: Arch = "pointtad"
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    # Several feature sets (`train --features RGB --features POSE`): "concat" projects their
+    # concatenation; "gated" adds the other streams to the first (RGB) through a learned gate,
+    # x = P0(rgb) + sigmoid(G[P0(rgb), P1(pose)]) * P1(pose) (a gated residual, the MiGA 2026
+    # runner-up's skeleton fusion). One feature set: no fusion.
+    fusion: Fusion = "concat"
 
 
 @dataclass

@@ -21,6 +21,7 @@ from extract.config import config_to_dict, to_toml
 from extract.io import RunError, atomic_write_bytes, atomic_write_json, read_json
 from extract.pipeline import weights_source
 from extract.provenance import versions
+from extract.streams import FeatureStreams, component_sets
 
 CONFIG_FILE = "config.toml"
 RUN_FILE = "run.json"
@@ -29,25 +30,34 @@ BEST = "checkpoints/best.pt"
 
 
 def write_run_files(
-    out: Path, cfg: Config, feature_set: FeatureSet, annotations: Path, extra: dict | None = None
+    out: Path, cfg: Config, feature_set: FeatureSet | FeatureStreams, annotations: Path,
+    extra: dict | None = None
 ) -> None:
+    """config.toml and run.json. A run on several feature sets (streams) records each of them
+    in "feature_sets", in stream order; "feature_set" is the first (RGB) one."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / CONFIG_FILE, to_toml(config_to_dict(cfg)).encode())
+    records = [_set_record(fs) for fs in component_sets(feature_set)]
     info = {
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),
-        "feature_set": {
-            "path": str(Path(feature_set.path).resolve()),
-            "key": feature_set.key,
-            "settings": feature_set.settings,
-            # What reproduces the features, so predict and stream need only the run.
-            **_weights_record(feature_set),
-        },
+        "feature_set": records[0],
+        **({"feature_sets": records} if len(records) > 1 else {}),
         "annotations": str(Path(annotations).resolve()),
         **(extra or {}),
     }
     atomic_write_json(out / RUN_FILE, info)
+
+
+def _set_record(fs: FeatureSet) -> dict[str, Any]:
+    return {
+        "path": str(Path(fs.path).resolve()),
+        "key": fs.key,
+        "settings": fs.settings,
+        # What reproduces the features, so predict and stream need only the run.
+        **_weights_record(fs),
+    }
 
 
 def _weights_record(fs: FeatureSet) -> dict[str, Any]:
@@ -69,19 +79,32 @@ def read_run(run: Path) -> tuple[Config, dict[str, Any]]:
     return load_config(run / CONFIG_FILE), info
 
 
-def check_feature_set(run: Path, info: dict[str, Any], fs: FeatureSet) -> None:
-    """RunError unless `fs` is the feature set the run was trained on (by key)."""
-    trained = info["feature_set"]["key"]
-    if fs.key != trained:
-        raise RunError(f"{run}: run was trained on feature set {trained!r}, not {fs.key!r} "
-                       f"({fs.path})")
+def _recorded_sets(info: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(info.get("feature_sets") or [info["feature_set"]])
 
 
-def run_feature_set(run: Path, info: dict[str, Any]) -> FeatureSet:
-    """The feature set a run was trained on, checked to be unchanged since."""
-    fs = FeatureSet.open(Path(info["feature_set"]["path"]))
+def check_feature_set(run: Path, info: dict[str, Any], fs: FeatureSet | FeatureStreams) -> None:
+    """RunError unless `fs` is the feature set (or the streams, in order) the run was trained on
+    (by key)."""
+    trained = [r["key"] for r in _recorded_sets(info)]
+    given = [s.key for s in component_sets(fs)]
+    if given != trained:
+        what = "feature set" if len(trained) == 1 else "feature sets"
+        raise RunError(f"{run}: run was trained on {what} {' + '.join(trained)!r}, not "
+                       f"{' + '.join(given)!r} ({fs.path})")
+
+
+def run_feature_set(run: Path, info: dict[str, Any]) -> FeatureSet | FeatureStreams:
+    """The feature set (or streams) a run was trained on, checked to be unchanged since."""
+    sets = [FeatureSet.open(Path(r["path"])) for r in _recorded_sets(info)]
+    fs = sets[0] if len(sets) == 1 else FeatureStreams(sets)
     check_feature_set(run, info, fs)
     return fs
+
+
+def is_multi_stream(info: dict[str, Any]) -> bool:
+    """Whether the run was trained on several feature sets (e.g. RGB + pose)."""
+    return len(_recorded_sets(info)) > 1
 
 
 def score_threshold(cfg: Config, checkpoint: dict[str, Any], run: Path | str = "run") -> float:

@@ -10,8 +10,13 @@ from typer.testing import CliRunner
 from detect.apps.convert import synth_videos
 from detect.data.converters.smg import convert_smg
 from detect.synthetic.videos import (
+    CAMERA_DEPTH_M,
+    FIGURE_TO_KINECT,
+    FOCAL_HEIGHTS,
     GESTURES,
     JOINTS,
+    KINECT_JOINTS,
+    MAX_DEPTH_MM,
     PlannedGesture,
     class_names,
     draw_capsules,
@@ -118,6 +123,58 @@ def test_rendered_motion_matches_labels(tmp_path):
     assert leg[arm_span].mean() < 0.1 * leg[leg_span].mean()
 
 
+def test_skeleton_is_smgs_kinect_format_with_the_figures_exact_joints(tmp_path):
+    fps, size, n = 25.0, (96, 72), 40
+    hair = [g.name for g in GESTURES].index("playing with hair")
+    legs = [g.name for g in GESTURES].index("crossing legs")
+    plan = [PlannedGesture(hair, -1, 2, 30), PlannedGesture(legs, +1, 5, 35)]
+    csv = tmp_path / "Sample0001_skeleton.csv"
+    joints = render_video(tmp_path / "v.mp4", n, plan, size, fps, seed=4, skeleton=csv)
+    frames, _ = _decode(tmp_path / "v.mp4")
+    float(csv.read_text().split(",", 1)[0])  # no header: the first field is a number
+    rows = np.loadtxt(csv, delimiter=",", ndmin=2)
+    assert rows.shape == (len(frames), 25 * 11) == (n, 275)
+    skel = rows.reshape(n, 25, 11)
+    assert len(KINECT_JOINTS) == 25 and KINECT_JOINTS[20] == "SpineShoulder"
+    k = {name: i for i, name in enumerate(KINECT_JOINTS)}
+    # The image columns are the figure's joints, to the printed 3 decimals.
+    assert set(FIGURE_TO_KINECT) == set(JOINTS)
+    for name, idx in FIGURE_TO_KINECT.items():
+        np.testing.assert_allclose(skel[:, idx, 7:9], joints[name], atol=6e-4, err_msg=name)
+    assert FIGURE_TO_KINECT["hand_R"] == k["HandRight"] and FIGURE_TO_KINECT["head"] == k["Head"]
+    np.testing.assert_allclose(skel[:, k["HandLeft"], 7:9], joints["hand_L"], atol=6e-4)
+    pelvis = (joints["hip_L"] + joints["hip_R"]) / 2
+    np.testing.assert_allclose(skel[:, k["SpineBase"], 7:9], pelvis, atol=6e-4)
+    np.testing.assert_allclose(skel[:, k["WristRight"], 7:9], joints["hand_R"], atol=6e-4)
+    # The gestures moved the joints, so the check above is not of a still figure.
+    assert np.ptp(joints["hand_R"][:, 1]) > 10 and np.ptp(joints["foot_L"][:, 0]) > 5
+    # Every joint is tracked (no all-zero joint), with the identity orientation.
+    assert np.all(np.abs(skel).sum(axis=2) > 0)
+    np.testing.assert_array_equal(skel[..., 3:7], np.broadcast_to([1.0, 0, 0, 0], (n, 25, 4)))
+    np.testing.assert_array_equal(skel[..., 9:], 0.0)
+    # World: one pinhole back-projection, x to the sensor's left (the image's left), y up.
+    metres_per_pixel = CAMERA_DEPTH_M / (FOCAL_HEIGHTS * size[1])
+    np.testing.assert_allclose(skel[..., 2], CAMERA_DEPTH_M)
+    centre = np.array(size) / 2
+    np.testing.assert_allclose(
+        skel[..., :2], (skel[..., 7:9] - centre) * [-1, -1] * metres_per_pixel, atol=2e-5
+    )
+    a, b = k["ShoulderLeft"], k["ShoulderRight"]
+    world = np.linalg.norm(skel[:, a, :3] - skel[:, b, :3], axis=1)
+    pixels = np.linalg.norm(skel[:, a, 7:9] - skel[:, b, 7:9], axis=1)
+    np.testing.assert_allclose(world / pixels, metres_per_pixel, rtol=1e-3)
+    assert 0.35 < world.mean() < 0.5  # shoulders of a person
+    assert np.all(skel[:, k["HandRight"], 0] > skel[:, k["SpineBase"], 0])  # the person's right
+    assert np.all(skel[:, k["Head"], 1] > skel[:, k["FootLeft"], 1])
+    # Derived joints stay on their limb: the tip beyond the hand, the ankle above the foot.
+    tip, hand, elbow = (skel[:, k[j], 7:9] for j in ("HandTipLeft", "HandLeft", "ElbowLeft"))
+    np.testing.assert_allclose(
+        np.linalg.norm(tip - elbow, axis=1),
+        np.linalg.norm(hand - elbow, axis=1) + np.linalg.norm(tip - hand, axis=1), atol=2e-3,
+    )
+    assert np.all(skel[:, k["AnkleRight"], 8] < skel[:, k["FootRight"], 8])
+
+
 def test_render_dataset_labels_layout_and_resume(tmp_path):
     out = tmp_path / "synth"
     kw = dict(videos=3, minutes=0.25, classes=12, seed=1, size=(96, 72), fps=30.0)
@@ -137,8 +194,10 @@ def test_render_dataset_labels_layout_and_resume(tmp_path):
         rows = np.loadtxt(path.parent / f"Sample000{i}_finelabels.csv", delimiter=",", ndmin=2)
         plan = plan_timeline(450, 30.0, 12, np.random.default_rng([1, i, 0]))
         assert rows.astype(int).tolist() == [[p.label + 1, p.start, p.end] for p in plan]
-        skel = np.loadtxt(path.parent / f"Sample000{i}_skeleton.csv", delimiter=",", skiprows=1)
-        assert skel.shape == (450, 2 * len(JOINTS))
+        skel = np.loadtxt(path.parent / f"Sample000{i}_skeleton.csv", delimiter=",", ndmin=2)
+        assert skel.shape == (450, 25 * 11)
+        data = (path.parent / f"Sample000{i}_data.csv").read_text().splitlines()
+        assert data == ["numFrames,fps,maxDepth", f"450,30,{MAX_DEPTH_MM}"]
         # Pixels move inside the labelled spans and stay nearly still outside them.
         energy = _energy(frames)
         inside = np.zeros(450, bool)

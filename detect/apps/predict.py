@@ -19,7 +19,14 @@ import numpy as np
 
 from detect.data.annotations import Annotations, VideoAnnotations
 from detect.inference.detections import Detections
-from detect.runs import BEST, RUN_FILE, read_run, run_feature_set, score_threshold
+from detect.runs import (
+    BEST,
+    RUN_FILE,
+    is_multi_stream,
+    read_run,
+    run_feature_set,
+    score_threshold,
+)
 from extract.cache import FEATURESET_FILE, FeatureSet, read_meta, settings_key
 from extract.config import ExtractConfig
 from extract.i3d import MODEL_NAME, Backbone, build_backbone
@@ -46,6 +53,12 @@ class RunFeatures:
 def run_features(run: Path, info: dict[str, Any]) -> RunFeatures:
     """From the run's feature set while it is where training found it (its key checked), else
     from run.json alone: predict and stream need only the run."""
+    if is_multi_stream(info):
+        keys = ", ".join(r["key"] for r in info["feature_sets"])
+        raise RunError(
+            f"{run}: trained on several feature sets ({keys}); predict and stream extract only "
+            "the first (RGB) stream from a video, so they cannot feed this run yet: evaluate it "
+            "on its feature sets with `detect eval`")
     recorded = info["feature_set"]
     path = Path(recorded["path"])
     if (path / FEATURESET_FILE).is_file():

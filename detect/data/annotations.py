@@ -207,7 +207,9 @@ def load_annotations(path: Path | str, feature_set: FeatureSet | None = None) ->
     data = read_json(path, "annotation file", AnnotationError)
     ann = parse_annotations(data, path)
     if feature_set is not None:
-        check_features(ann, feature_set, path)
+        # Streams (several sets joined): each set must hold every video.
+        for fs in getattr(feature_set, "sets", [feature_set]):
+            check_features(ann, fs, path)
     return ann
 
 

@@ -32,6 +32,7 @@ from extract.config import ConfigError, config_to_dict
 from extract.io import RunError, atomic_write_bytes, atomic_write_json, read_metrics_rows
 from extract.progress import progress as progress_bar
 from extract.provenance import versions
+from extract.streams import FeatureStreams, open_features
 
 COLUMNS = ("config", "changed", "f1_miga", "f1_strict", "map", "recall_short", "params",
            "s_per_epoch", "status")
@@ -73,7 +74,7 @@ def _fmt_changed(changed: dict[str, Any]) -> str:
 @dataclass
 class Ablation:
     configs: Path
-    features: Path
+    features: Path | list[Path]  # several: streams of the same videos (RGB, pose)
     annotations: Path
     out: Path
     baselines: tuple[str, ...] = ()
@@ -131,7 +132,7 @@ def run_ablation(ab: Ablation, progress: bool = True) -> list[dict[str, Any]]:
     paths = sorted(Path(ab.configs).glob("*.toml"))
     if not paths:
         raise ConfigError(f"{ab.configs}: no *.toml configs to ablate")
-    fs = FeatureSet.find(Path(ab.features))
+    fs = open_features(ab.features)
     # Load every config before training any, so a typo in the last one fails in seconds.
     loaded = []
     for p in paths:
@@ -178,7 +179,7 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(ab: Ablation, fs: FeatureSet, rows: list[dict[str, Any]]) -> None:
+def write_table(ab: Ablation, fs: FeatureSet | FeatureStreams, rows: list[dict[str, Any]]) -> None:
     ab.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(ab.out / "ablation.md", format_markdown(rows).encode())
     buf = io.StringIO()

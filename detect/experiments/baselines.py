@@ -35,6 +35,7 @@ from extract.cache import FeatureSet
 from extract.io import atomic_write_json
 from extract.progress import progress as progress_bar
 from extract.provenance import versions
+from extract.streams import FeatureStreams, open_features
 
 KINDS = ("probe", "dense")
 DENSE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -60,7 +61,7 @@ class _Video:
     dense: np.ndarray  # (T, C) multi-hot
 
 
-def _videos(fs: FeatureSet, ann: Annotations, subset: str) -> list[_Video]:
+def _videos(fs: FeatureSet | FeatureStreams, ann: Annotations, subset: str) -> list[_Video]:
     out = []
     for vid in ann.subset(subset).video_ids():
         v, va = fs.load(vid), ann.videos[vid]
@@ -198,7 +199,8 @@ def predict_baseline(model: nn.Module, kind: str, videos: list[_Video], step_s: 
 
 
 def run_baseline(
-    cfg: BaselineConfig, features: Path, annotations: Path, out: Path, progress: bool = True
+    cfg: BaselineConfig, features: Path | list[Path], annotations: Path, out: Path,
+    progress: bool = True
 ) -> dict[str, Any]:
     """Fit on `train`, tune the threshold on `val`, score `test`; writes out/metrics.json (test
     metrics, val metrics, settings, versions) and out/predictions.json (test, thresholded)."""
@@ -206,7 +208,7 @@ def run_baseline(
         raise ValueError(f"baseline kind must be one of {', '.join(KINDS)}, got {cfg.kind!r}")
     torch.manual_seed(cfg.seed)
     out = Path(out)
-    fs = FeatureSet.find(Path(features))
+    fs = open_features(features)
     ann = load_annotations(Path(annotations), feature_set=fs)
     step_s = fs.stride / fs.fps
     C = len(ann.classes)

@@ -79,7 +79,7 @@ def load_run_model(run: Path, device: torch.device) -> tuple[torch.nn.Module, di
     cfg, _ = read_run(run)
     ck = load_checkpoint(Path(run) / BEST)
     model = build_model(cfg, ck["in_dim"], len(ck["classes"]), ck["res4_dim"],
-                        pretrained=False).to(device)
+                        pretrained=False, streams=tuple(ck.get("streams", ()))).to(device)
     model.load_state_dict(ck["model"])
     model.eval()
     return model, ck

@@ -12,12 +12,13 @@ from extract.training import parameter_groups
 
 
 def build_model(cfg: Config, in_dim: int, num_classes: int, res4_dim: int,
-                pretrained: bool = True) -> torch.nn.Module:
+                pretrained: bool = True, streams: tuple[int, ...] = ()) -> torch.nn.Module:
     """The detector (features mode) or the I3D + detector (e2e mode; pretrained=False gives a
-    random backbone to load a checkpoint into)."""
+    random backbone to load a checkpoint into). streams: channels per feature set of a
+    several-set input (checkpoints store them as "streams")."""
     if cfg.mode == "e2e":
         return build_e2e_model(cfg, num_classes, pretrained=pretrained)
-    return build_detector(cfg.model, in_dim, num_classes, res4_dim)
+    return build_detector(cfg.model, in_dim, num_classes, res4_dim, streams)
 
 
 def training_groups(cfg: Config, model: torch.nn.Module) -> list[dict]:

@@ -103,7 +103,8 @@ class Detector(FeatureInput):
     loss trains that layer's offsets without pushing gradients back through all earlier offsets.
     """
 
-    def __init__(self, cfg: ModelConfig, in_dim: int, num_classes: int, res4_dim: int = 0) -> None:
+    def __init__(self, cfg: ModelConfig, in_dim: int, num_classes: int, res4_dim: int = 0,
+                 streams: tuple[int, ...] = ()) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -117,7 +118,7 @@ class Detector(FeatureInput):
         self.cfg = cfg
         self.num_classes = num_classes
         D = cfg.hidden_dim
-        self.init_inputs(in_dim, res4_dim, D, cfg.input_dropout)
+        self.init_inputs(in_dim, res4_dim, D, cfg.input_dropout, streams, cfg.fusion)
         self.query_embed = nn.Embedding(cfg.num_queries, D)  # N(0, 1) init
         self.query_points = nn.Parameter(init_query_points(cfg.num_queries, cfg.num_points))
         total_mamba = cfg.num_layers * cfg.mamba.layers if cfg.query_mixer == "mamba_mhsa" else 0

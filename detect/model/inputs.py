@@ -14,12 +14,25 @@ class FeatureInput(nn.Module):
     the trainer, identity by default).
     """
 
-    def init_inputs(self, in_dim: int, res4_dim: int, dim: int, input_dropout: float) -> None:
+    def init_inputs(self, in_dim: int, res4_dim: int, dim: int, input_dropout: float,
+                    streams: tuple[int, ...] = (), fusion: str = "concat") -> None:
         """Create the input layers (call from the subclass's __init__ before its own layers, so
-        seeded runs draw their initial weights in one order)."""
+        seeded runs draw their initial weights in one order).
+
+        streams: channels of each feature set in the input, in order (summing to in_dim), when
+        it joins several (extract/streams.py); with fusion "gated" the first is projected
+        alone and the others are added to it through a gate."""
         self.in_dim, self.res4_dim = in_dim, res4_dim
+        self.streams = tuple(int(c) for c in streams)
+        if self.streams and sum(self.streams) != in_dim:
+            raise ValueError(f"stream channels {self.streams} do not sum to in_dim {in_dim}")
+        self.gated = fusion == "gated" and len(self.streams) > 1
         self.input_drop = nn.Dropout(input_dropout)
-        self.input_proj = nn.Linear(in_dim, dim)
+        first = self.streams[0] if self.gated else in_dim
+        self.input_proj = nn.Linear(first, dim)
+        if self.gated:
+            self.stream_proj = nn.Linear(in_dim - first, dim)
+            self.stream_gate = nn.Linear(2 * dim, dim)
         self.res4_proj = nn.Linear(res4_dim, dim) if res4_dim > 0 else None
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))
@@ -32,7 +45,13 @@ class FeatureInput(nn.Module):
             raise ValueError(f"features must be (B, W, {self.in_dim}), got {tuple(features.shape)}")
         if features.shape[1] < 1:
             raise ValueError("features have an empty window (W = 0)")
-        x = self.input_proj(self.input_drop((features - self.input_mean) / self.input_std))
+        x = self.input_drop((features - self.input_mean) / self.input_std)
+        if self.gated:
+            c0 = self.streams[0]
+            rgb, other = self.input_proj(x[..., :c0]), self.stream_proj(x[..., c0:])
+            x = rgb + torch.sigmoid(self.stream_gate(torch.cat([rgb, other], -1))) * other
+        else:
+            x = self.input_proj(x)
         if self.res4_proj is None:
             if res4 is not None:
                 raise ValueError("res4 features given but the detector was built with res4_dim=0")

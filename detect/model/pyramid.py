@@ -121,7 +121,8 @@ class PyramidDetector(FeatureInput):
     The points are `pyramid_points(W, levels)`, in that order.
     """
 
-    def __init__(self, cfg: ModelConfig, in_dim: int, num_classes: int, res4_dim: int = 0) -> None:
+    def __init__(self, cfg: ModelConfig, in_dim: int, num_classes: int, res4_dim: int = 0,
+                 streams: tuple[int, ...] = ()) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -129,7 +130,7 @@ class PyramidDetector(FeatureInput):
         self.cfg = cfg
         self.num_classes = num_classes
         D = cfg.hidden_dim
-        self.init_inputs(in_dim, res4_dim, D, cfg.input_dropout)
+        self.init_inputs(in_dim, res4_dim, D, cfg.input_dropout, streams, cfg.fusion)
         self.embed = nn.Sequential(*(ConvNormAct(D, p.kernel) for _ in range(p.embed_layers)))
         total = p.stem_blocks + p.levels - 1
         self.stem = nn.ModuleList(encoder_block(cfg, total) for _ in range(p.stem_blocks))

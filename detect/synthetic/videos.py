@@ -16,11 +16,15 @@ The output is the SMG layout (`detect.datasets.smg`), frames 0-based, classes 1.
 
     OUT/SampleXXXX/SampleXXXX_color.mp4        H.264 yuv420p
     OUT/SampleXXXX/SampleXXXX_finelabels.csv   class,start_frame,end_frame (inclusive)
-    OUT/SampleXXXX/SampleXXXX_data.csv         numFrames,fps,0
-    OUT/SampleXXXX/SampleXXXX_skeleton.csv     header, then x,y pixels of each joint per frame
+    OUT/SampleXXXX/SampleXXXX_data.csv         header numFrames,fps,maxDepth, then one row
+    OUT/SampleXXXX/SampleXXXX_skeleton.csv     SMG's Kinect v2 format, exact (`kinect_skeleton`)
     OUT/classes.txt                            the K class names, one a line
     OUT/annotations.json                       canonical annotations with the split used
     OUT/render.json                            the settings (a re-run must use the same)
+
+The skeleton is in SMG's real format (see `kinect_skeleton`): a row per frame, no header, Kinect
+v2's 25 joints (`KINECT_JOINTS`) with 11 numbers each; its image x, y are the drawn figure's
+joints exactly, so pose and fusion can run end to end on a rendered set.
 
 Rendering is deterministic for a seed and resumable: a sample whose video exists is skipped (the
 video is written under a temporary name and renamed last).
@@ -68,6 +72,40 @@ for _name, (_x, _y) in list(REST.items()):
 JOINTS: tuple[str, ...] = tuple(sorted(REST))
 UPPER = {j for j in JOINTS if not j.startswith(("knee", "foot"))}
 PELVIS_Y = 62.0  # units from the top of the frame
+
+# SMG's `_skeleton.csv`: Kinect v2's 25 joints in its order, 11 numbers each per frame (world x,
+# y, z in metres; orientation quaternion w, x, y, z; colour-image x, y in pixels; two unused).
+KINECT_JOINTS: tuple[str, ...] = (
+    "SpineBase", "SpineMid", "Neck", "Head",
+    "ShoulderLeft", "ElbowLeft", "WristLeft", "HandLeft",
+    "ShoulderRight", "ElbowRight", "WristRight", "HandRight",
+    "HipLeft", "KneeLeft", "AnkleLeft", "FootLeft",
+    "HipRight", "KneeRight", "AnkleRight", "FootRight",
+    "SpineShoulder", "HandTipLeft", "ThumbLeft", "HandTipRight", "ThumbRight",
+)  # fmt: skip
+KINECT_VALUES = 11  # numbers per joint in a skeleton row
+KINECT_WORLD, KINECT_ORIENTATION, KINECT_IMAGE = slice(0, 3), slice(3, 7), slice(7, 9)
+_K = {name: i for i, name in enumerate(KINECT_JOINTS)}
+# Figure joints that are Kinect joints exactly (same pixel). Kinect's Left/Right are the person's
+# own, like the figure's "_L"/"_R". The other Kinect joints are derived (`kinect_pixels`).
+FIGURE_TO_KINECT: dict[str, int] = {"head": _K["Head"], "neck": _K["Neck"]}
+for _side, _kside in (("L", "Left"), ("R", "Right")):
+    for _part, _kpart in (("shoulder", "Shoulder"), ("elbow", "Elbow"), ("hand", "Hand"),
+                          ("hip", "Hip"), ("knee", "Knee"), ("foot", "Foot")):
+        FIGURE_TO_KINECT[f"{_part}_{_side}"] = _K[_kpart + _kside]
+# Where the derived joints that the figure lacks sit (body units from a figure joint, along its
+# limb), so that Kinect's hand-tip, thumb and ankle bones keep a length and the limb's direction.
+# The wrist is the hand point, where the drawn forearm ends.
+SPINE_SHOULDER_BELOW_NECK = 2.0  # along the spine, about where the shoulder line crosses it
+HAND_TIP_BEYOND_HAND = 3.0  # along the forearm: the edge of the drawn hand disc
+THUMB_BEYOND_HAND = 1.5
+ANKLE_ABOVE_FOOT = 2.0  # up the shin
+# The pinhole camera behind the world coordinates: the figure stands CAMERA_DEPTH_M from it and
+# the focal length is FOCAL_HEIGHTS frame heights, so a body unit is 1/60 m and the figure about
+# 1.75 m tall. The principal point is the frame's centre.
+CAMERA_DEPTH_M = 2.5
+FOCAL_HEIGHTS = 1.25
+MAX_DEPTH_MM = 4500  # `_data.csv`'s maxDepth: Kinect v2's depth range
 
 
 @dataclass(frozen=True)
@@ -365,6 +403,76 @@ def pose_track(
     return out
 
 
+def _along(a: np.ndarray, b: np.ndarray, dist: float) -> np.ndarray:
+    """The point `dist` pixels past b on the ray a -> b (back towards a when negative), (T, 2)."""
+    d = b - a
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    # A zero-length segment has no direction; its derived joint then sits on b.
+    return b + dist * d / np.maximum(norm, 1e-9)
+
+
+def kinect_pixels(joints: dict[str, np.ndarray], unit: float) -> np.ndarray:
+    """The figure's joints {name: (T, 2)} as Kinect's 25 joints in image pixels, (T, 25, 2).
+
+    Exact where the figure has the joint (`FIGURE_TO_KINECT`); SpineBase is the mid-hips, SpineMid
+    midway between it and the neck, SpineShoulder just below the neck on that spine, Wrist the hand
+    (the figure has no wrist), HandTip and Thumb a little past the hand along the forearm, Ankle
+    a little up the shin from the foot. unit: pixels per body unit.
+    """
+    n = next(iter(joints.values())).shape[0]
+    out = np.zeros((n, len(KINECT_JOINTS), 2))
+    for name, k in FIGURE_TO_KINECT.items():
+        out[:, k] = joints[name]
+    pelvis = (joints["hip_L"] + joints["hip_R"]) / 2
+    out[:, _K["SpineBase"]] = pelvis
+    out[:, _K["SpineMid"]] = (pelvis + joints["neck"]) / 2
+    out[:, _K["SpineShoulder"]] = _along(pelvis, joints["neck"], -SPINE_SHOULDER_BELOW_NECK * unit)
+    for side, kside in (("L", "Left"), ("R", "Right")):
+        elbow, hand = joints[f"elbow_{side}"], joints[f"hand_{side}"]
+        out[:, _K["Wrist" + kside]] = hand
+        out[:, _K["HandTip" + kside]] = _along(elbow, hand, HAND_TIP_BEYOND_HAND * unit)
+        out[:, _K["Thumb" + kside]] = _along(elbow, hand, THUMB_BEYOND_HAND * unit)
+        knee, foot = joints[f"knee_{side}"], joints[f"foot_{side}"]
+        out[:, _K["Ankle" + kside]] = _along(knee, foot, -ANKLE_ABOVE_FOOT * unit)
+    return out
+
+
+def kinect_skeleton(joints: dict[str, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """SMG's skeleton rows for the figure's joints {name: (T, 2) pixels}: (T, 25, 11) float64.
+
+    World coordinates follow Kinect's camera space (metres; x to the sensor's left, y up, z away
+    from it; right-handed) through a pinhole back-projection: the flat figure stands at
+    CAMERA_DEPTH_M, the focal length is FOCAL_HEIGHTS frame heights and the principal point the
+    frame's centre, so x = -(u - W/2) z / f, y = -(v - H/2) z / f for pixel (u, v). As the video
+    is a camera's (not a mirror's) view, the sensor's left is the image's left, where the figure's
+    right is: the person's right has the larger x, as in Kinect's data. Orientations are not
+    modelled: every joint gets the identity quaternion (1, 0, 0, 0). Every joint is tracked in
+    every frame (the figure is always in view), so no joint has Kinect's all-zero "not tracked".
+    """
+    w, h = size
+    pix = kinect_pixels(joints, h / 120.0)
+    metres_per_pixel = CAMERA_DEPTH_M / (FOCAL_HEIGHTS * h)
+    out = np.zeros(pix.shape[:2] + (KINECT_VALUES,))
+    out[..., 0] = -(pix[..., 0] - w / 2) * metres_per_pixel
+    out[..., 1] = -(pix[..., 1] - h / 2) * metres_per_pixel
+    out[..., 2] = CAMERA_DEPTH_M
+    out[..., KINECT_ORIENTATION.start] = 1.0
+    out[..., KINECT_IMAGE] = pix
+    return out
+
+
+def write_kinect_skeleton(
+    path: Path, joints: dict[str, np.ndarray], size: tuple[int, int]
+) -> None:
+    """Write SMG's `_skeleton.csv` (no header, a row of 25 x 11 numbers per frame) atomically."""
+    # A reader must get the figure's pixels back: 3 decimals keep them to 1/2000 of a pixel.
+    per_joint = ["%.5f"] * 3 + ["%.0f"] * 4 + ["%.3f"] * 2 + ["%.0f"] * 2
+    fmt = ",".join(per_joint * len(KINECT_JOINTS))
+    table = kinect_skeleton(joints, size).reshape(-1, len(KINECT_JOINTS) * KINECT_VALUES)
+    text = "".join(fmt % tuple(row) + "\n" for row in table)
+    atomic_write_bytes(Path(path), text.encode())
+
+
 def draw_capsules(
     canvas: np.ndarray, a: np.ndarray, b: np.ndarray, radius: float, color: np.ndarray
 ) -> None:
@@ -528,7 +636,7 @@ def render_video(
 ) -> dict[str, np.ndarray]:
     """Render one video of `plan` to `path` (mp4); returns the joints {name: (T, 2) pixels}.
 
-    skeleton: where to write the joints as CSV (header, then x,y of each joint per frame).
+    skeleton: where to write the joints as SMG's Kinect skeleton CSV (`write_kinect_skeleton`).
     posture: see `pose_track`; mouth: see `draw_frames`.
     """
     w, h = check_size(size)
@@ -537,9 +645,7 @@ def render_video(
     joints = pose_track(num_frames, fps, plan, size, rng, idle, posture)
     unit = h / 120.0
     if skeleton is not None:
-        header = ",".join(f"{j}_{c}" for j in JOINTS for c in "xy")
-        table = np.concatenate([joints[j] for j in JOINTS], axis=1)
-        atomic_write_bytes(Path(skeleton), _csv_bytes(table, header, "%.2f"))
+        write_kinect_skeleton(Path(skeleton), joints, size)
 
     def batches():
         for f0 in range(0, num_frames, CHUNK):
@@ -591,9 +697,10 @@ def render_dataset(
     check_size(size)
     num_frames = int(round(minutes * 60 * fps))
     split = synthetic_split(videos)
+    # Format 2 writes SMG's Kinect skeleton.csv: a set of format 1 must not be resumed with it.
     settings = {
         "videos": videos, "minutes": minutes, "classes": classes, "seed": seed,
-        "size": list(size), "fps": fps, "split": split, "format": 1,
+        "size": list(size), "fps": fps, "split": split, "format": 2,
     }  # fmt: skip
     info = out / "render.json"
     if info.is_file():
@@ -625,7 +732,8 @@ def render_dataset(
                 folder.mkdir(parents=True, exist_ok=True)
                 rows = np.array([[p.label + 1, p.start, p.end] for p in plan]).reshape(-1, 3)
                 atomic_write_bytes(labels, _csv_bytes(rows))
-                atomic_write_bytes(data, f"{num_frames},{fps:g},0\n".encode())
+                data_rows = f"numFrames,fps,maxDepth\n{num_frames},{fps:g},{MAX_DEPTH_MM}\n"
+                atomic_write_bytes(data, data_rows.encode())
                 render_video(
                     video, num_frames, plan, size, fps, seed=seed * 100_003 + i, progress=bar,
                     skeleton=folder / f"{vid}_skeleton.csv",

@@ -38,6 +38,7 @@ from extract.config import config_to_dict
 from extract.io import RunError, append_metrics_row, load_checkpoint, save_checkpoint
 from extract.progress import progress as progress_bar
 from extract.runtime import Distributed, resolve_device, seed_everything
+from extract.streams import FeatureStreams, open_features, stream_dims
 from extract.threads import ThreadGovernor
 
 
@@ -58,7 +59,8 @@ def feature_stats(ds: WindowDataset) -> tuple[torch.Tensor | None, ...]:
     return tuple(out)
 
 
-def feature_dims(fs: FeatureSet, video_id: str, use_res4: bool) -> tuple[int, int]:
+def feature_dims(fs: FeatureSet | FeatureStreams, video_id: str, use_res4: bool
+                 ) -> tuple[int, int]:
     v = fs.load(video_id, with_res4=use_res4)
     return v.features.shape[1], (v.res4.shape[1] if v.res4 is not None else 0)
 
@@ -118,18 +120,21 @@ class _Run:
 
 def train(
     cfg: Config,
-    features: Path,
+    features: Path | list[Path],
     annotations: Path,
     out: Path,
     resume: bool = False,
     progress: bool = True,
     max_epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Train a detector; returns the best val metrics. `max_epochs` stops early (for tests)."""
+    """Train a detector; returns the best val metrics. `max_epochs` stops early (for tests).
+    Several `features` sets are joined as streams (extract/streams.py)."""
     out = Path(out)
     check_config(cfg)
     device, ddp = _devices(cfg)
-    fs = FeatureSet.find(Path(features))
+    fs = open_features(features)
+    if cfg.mode == "e2e" and isinstance(fs, FeatureStreams):
+        raise RunError("end-to-end training reads one feature set's frames; give one --features")
     ann: Annotations = load_annotations(Path(annotations), feature_set=fs)
     cfg = with_feature_set_backbone(cfg, fs)  # e2e: the backbone that made the features
     _open_run_dir(cfg, fs, ann, Path(annotations), out, resume, ddp)
@@ -208,7 +213,9 @@ def _setup(cfg: Config, fs: FeatureSet, ann: Annotations, out: Path, device: tor
         val_ds = window_dataset(cfg, fs, ann, "val", train=False, halo=halo)
     if not e2e:
         in_dim, res4_dim = feature_dims(fs, train_ds.video_ids[0], cfg.data.use_res4)
-        model = build_model(cfg, in_dim, len(ann.classes), res4_dim).to(device)
+        streams = stream_dims(fs, train_ds.video_ids[0]) if isinstance(fs, FeatureStreams) else ()
+        model = build_model(cfg, in_dim, len(ann.classes), res4_dim,
+                            streams=streams).to(device)
         if cfg.data.standardize:
             model.set_input_stats(*[t.to(device) if t is not None else None
                                     for t in feature_stats(train_ds)])
@@ -371,6 +378,7 @@ def _checkpoint(run: _Run, epoch: int) -> dict[str, Any]:
         "config": config_to_dict(run.cfg),
         "classes": list(run.ann.classes),
         "in_dim": run.in_dim,
+        "streams": list(getattr(run.model, "streams", ())),
         "res4_dim": run.res4_dim,
         "epoch": epoch,
         "best_metric": float(run.best_metric),
@@ -383,7 +391,7 @@ def finalize_threshold(out: Path, val_ds: WindowDataset | None, ann: Annotations
     """Store in best.pt the score threshold that maximises F1 on `val` (never on `test`)."""
     ck = load_checkpoint(out / BEST)
     model = build_model(cfg, ck["in_dim"], len(ck["classes"]), ck["res4_dim"],
-                        pretrained=False).to(device)
+                        pretrained=False, streams=tuple(ck.get("streams", ()))).to(device)
     model.load_state_dict(ck["model"])
     threshold = 0.0
     if val_ds is not None:

@@ -1,0 +1,116 @@
+"""Several feature sets as streams of one input (extract/streams.py) and their fusion in the
+detector (`model.fusion`): joined in order, checked to describe the same videos on the same time
+grid, fused by concatenation or a gated residual, and trained, resumed and evaluated through the
+shared code."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detect.config import load_config
+from detect.model.build import build_model
+from extract.cache import CacheError, FeatureSet, write_video
+from extract.streams import FeatureStreams, open_features
+
+PYR = ['model.arch="pyramid"', "model.hidden_dim=16", "model.pyramid.levels=3",
+       "model.pyramid.stem_blocks=1", "model.pyramid.head_layers=1", "model.dropout=0.0"]
+
+
+def second_stream(fs: FeatureSet, root, dim: int = 3, seed: int = 0, drop: str | None = None,
+                  shorten: str | None = None, stride: int | None = None) -> FeatureSet:
+    """A pose-like stream of the same videos: a fixed random projection of the first one plus
+    noise (drop: leave a video out; shorten: give a video one step fewer)."""
+    rng = np.random.default_rng(seed)
+    out = FeatureSet.create(root, "pose", {"fps": fs.fps, "stride": stride or fs.stride,
+                                           "dim": dim, "seed": seed})
+    proj = None
+    for vid in fs.video_ids():
+        if vid == drop:
+            continue
+        v = fs.load(vid)
+        if proj is None:
+            proj = rng.normal(size=(v.features.shape[1], dim)) / np.sqrt(v.features.shape[1])
+        x = v.features @ proj + 0.1 * rng.normal(size=(v.num_steps, dim))
+        ts = v.timestamps
+        if vid == shorten:
+            x, ts = x[:-1], ts[:-1]
+        write_video(out.video_path(vid), x.astype(np.float32), ts, v.meta, dtype="float32")
+    return out
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    from detect.synthetic.features import synth_feature_set
+
+    tmp = tmp_path_factory.mktemp("streams")
+    fs, ann = synth_feature_set(tmp / "d", videos=12, classes=3, seed=0, noise=0.0, dim=16,
+                                min_duration_s=40, max_duration_s=60)
+    return tmp, fs, ann, second_stream(fs, tmp / "pose")
+
+
+def test_streams_join_in_order_and_refuse_what_does_not_line_up(sets, tmp_path):
+    tmp, rgb, _, pose = sets
+    st = open_features([rgb.path, pose.path])
+    assert isinstance(st, FeatureStreams) and st.key == f"{rgb.key}+{pose.key}"
+    vid = rgb.video_ids()[0]
+    v = st.load(vid)
+    np.testing.assert_array_equal(v.features[:, :16], rgb.load(vid).features)
+    np.testing.assert_array_equal(v.features[:, 16:], pose.load(vid).features)
+    assert st.dims(vid) == [16, 3] and st.video_ids() == rgb.video_ids()
+    assert open_features([rgb.path]).key == rgb.key  # one set: no streams
+    # A video missing from one set, or with other timestamps, is named.
+    other = rgb.video_ids()[1]
+    gap = FeatureStreams([rgb, second_stream(rgb, tmp_path / "a", drop=other)])
+    assert not gap.has(other) and other not in gap.video_ids()
+    short = FeatureStreams([rgb, second_stream(rgb, tmp_path / "b", shorten=other)])
+    with pytest.raises(CacheError, match=f"video '{other}'.*same timestamps"):
+        short.load(other)
+    with pytest.raises(CacheError, match="time grid"):
+        FeatureStreams([rgb, second_stream(rgb, tmp_path / "c", stride=2)])
+
+
+def test_gated_fusion_is_a_gated_residual_from_the_other_streams():
+    torch.manual_seed(0)
+    cfg = load_config(None, [*PYR, 'model.fusion="gated"'])
+    m = build_model(cfg, 7, 3, 0, streams=(4, 3)).eval()
+    x = torch.randn(2, 5, 7)
+    h0 = m.input_proj(x[..., :4])
+    h1 = m.stream_proj(x[..., 4:])
+    want = h0 + torch.sigmoid(m.stream_gate(torch.cat([h0, h1], -1))) * h1
+    torch.testing.assert_close(m.project(x), want)
+    # Concatenation: one projection of the joined channels (the single-set model's layers).
+    cat = build_model(load_config(None, PYR), 7, 3, 0, streams=(4, 3)).eval()
+    assert not hasattr(cat, "stream_gate") and cat.input_proj.in_features == 7
+    with pytest.raises(ValueError, match="sum"):
+        build_model(cfg, 8, 3, 0, streams=(4, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_a_two_stream_run_trains_resumes_and_evaluates(sets, tmp_path, fusion):
+    from detect.apps.predict import predict_videos
+    from detect.evaluation.evaluate import evaluate_run
+    from detect.runs import BEST, read_run, run_feature_set
+    from detect.train.loop import train
+    from extract.io import RunError, load_checkpoint
+
+    _, rgb, ann, pose = sets
+    cfg = load_config(None, [*PYR, "data.window=32", "train.epochs=4", "train.lr=3e-3",
+                             "train.batch_size=8", "train.device=cpu", f'model.fusion="{fusion}"'])
+    run = tmp_path / "run"
+    train(cfg, [rgb.path, pose.path], ann, run, progress=False, max_epochs=2)
+    train(cfg, [rgb.path, pose.path], ann, run, resume=True, progress=False)
+    info = json.loads((run / "run.json").read_text())
+    assert [r["key"] for r in info["feature_sets"]] == [rgb.key, pose.key]
+    assert info["feature_set"]["key"] == rgb.key
+    assert load_checkpoint(run / BEST)["streams"] == [16, 3]
+    assert isinstance(run_feature_set(run, read_run(run)[1]), FeatureStreams)
+    m = evaluate_run(run, "test", progress=False)
+    assert m["f1_strict"] > 0 and m["num_videos"] >= 1
+    # The streams in another order are another input: resume refuses them.
+    with pytest.raises(RunError, match="trained on feature sets"):
+        train(cfg, [pose.path, rgb.path], ann, run, resume=True, progress=False)
+    with pytest.raises(RunError, match="several feature sets"):
+        predict_videos([tmp_path / "v.mp4"], run, tmp_path / "p", progress=False)
