@@ -1,13 +1,18 @@
-"""`python -m extract features VIDEOS... --out ROOT`, `python -m extract info ROOT/<key>`,
-`python -m extract weights MODEL` and `python -m extract kinetics VIDEO...`."""
+"""`python -m extract features VIDEOS... --out ROOT`, `python -m extract pose`,
+`python -m extract info ROOT/<key>`, `python -m extract weights MODEL` and
+`python -m extract kinetics VIDEO...`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from extract.pose.run import PoseSource
 
 # rich_markup_mode=None: click's plain help, which wraps at any width (rich's panels cut option
 # names and texts short on an 80-column terminal).
@@ -93,6 +98,78 @@ def features(
     typer.echo(str(summary.featureset))
     if not all_ranks_ok(summary.ok):
         raise typer.Exit(1)
+
+
+class Joints(str, Enum):
+    common = "common"
+
+
+@app.command()
+def pose(
+    videos: list[Path] = typer.Argument(None, help="Plain video files or folders (searched "
+                                        "recursively), through BlazePose (needs the `pose` "
+                                        "extra). Leave out with --dataset."),
+    out: Path = typer.Option(..., "--out", help="Feature cache root; the set goes to OUT/<key>/."),
+    dataset: tuple[str, Path] | None = typer.Option(
+        None, "--dataset", metavar="smg|imigue ROOT",
+        help="Read a dataset's own skeletons under ROOT instead of videos: smg (Kinect "
+        "SampleXXXX_skeleton.csv) or imigue (OpenPose JSON folders, _light*.csv, .xlsx)."),
+    fps: float = typer.Option(10.0, "--fps", help="The frame grid, as for features (10)."),
+    stride: int = typer.Option(4, help="10 fps frames per stored feature."),
+    source_fps: float | None = typer.Option(
+        None, "--source-fps", help="Frame rate of skeletons whose own does not say it: smg "
+        "samples without SampleXXXX_data.csv (no default: such a sample fails), imigue "
+        "keypoints without their video beside them (default 25)."),
+    joints: Joints = typer.Option(Joints.common, help="Joint layout: common (17 joints every "
+                                  "source has; README, Pose feature sets)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Pose features (joint positions, velocities, confidences per step, on the RGB features'
+    10 fps grid) into one feature set; prints the feature-set path. Exit 2 for bad usage, 1 when
+    a video or file failed (listed, and in failures.json)."""
+    from extract.pipeline import format_summary
+    from extract.pose.run import format_counts, run_pose_extraction
+    from extract.runtime import all_ranks_ok
+
+    try:
+        source = _pose_source(videos or [], dataset, source_fps)
+        summary = run_pose_extraction(source, out, fps=fps, stride=stride, joints=joints.value,
+                                      progress=progress)
+    except ValueError as e:  # PoseError too: mediapipe missing, no skeletons found
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(format_summary(summary), err=True)
+    if format_counts(summary):
+        typer.echo(format_counts(summary), err=True)
+    typer.echo(str(summary.featureset))
+    if not all_ranks_ok(summary.ok):
+        raise typer.Exit(1)
+
+
+def _pose_source(videos: list[Path], dataset: tuple[str, Path] | None,
+                 source_fps: float | None) -> PoseSource:
+    """The pose source the `pose` arguments name (ValueError for a bad combination)."""
+    from extract.pose.run import KinectSource, OpenPoseSource, VideoSource
+
+    if source_fps is not None and not source_fps > 0:
+        raise ValueError(f"--source-fps must be positive, got {source_fps}")
+    if dataset is None:
+        if not videos:
+            raise ValueError("give videos, or --dataset smg|imigue ROOT")
+        if source_fps is not None:
+            raise ValueError("--source-fps is for --dataset skeletons; a video states its own")
+        from extract.pose.mediapipe_pose import BlazePose
+
+        return VideoSource(videos, BlazePose())
+    if videos:
+        raise ValueError("give either videos or --dataset, not both (they make different "
+                         "feature sets)")
+    name, root = dataset
+    if name == "smg":
+        return KinectSource(root, source_fps)
+    if name == "imigue":
+        return OpenPoseSource(root, source_fps)
+    raise ValueError(f"--dataset must be smg or imigue, got {name!r}")
 
 
 @app.command()

@@ -162,3 +162,12 @@ def read_metrics_rows(run: Path) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def is_number(text: str) -> bool:
+    """Whether a CSV cell parses as a number (header cells do not)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

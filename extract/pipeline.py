@@ -173,9 +173,16 @@ def featureset_settings(cfg: ExtractConfig, weights: Weights) -> tuple[str, dict
     return name, settings
 
 
-def _source_stamp(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+def source_stamp(path: Path) -> dict[str, int]:
+    """What `is_done` compares to tell an unchanged source: a file's size and mtime; for a
+    folder (per-frame keypoint files), the summed size, newest mtime and count of its files."""
+    if not path.is_dir():
+        st = path.stat()
+        return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+    stats = [p.stat() for p in path.rglob("*") if p.is_file()]
+    return {"source_size": sum(st.st_size for st in stats),
+            "source_mtime_ns": max((st.st_mtime_ns for st in stats), default=0),
+            "source_files": len(stats)}
 
 
 def frames_short_side(cfg: ExtractConfig) -> int | None:
@@ -187,8 +194,9 @@ def frames_short_side(cfg: ExtractConfig) -> int | None:
 
 def is_done(fs: FeatureSet, video_id: str, path: Path, frames: int | None = None) -> bool:
     """True when the feature file exists and was made from this exact source (size, mtime) and,
-    when `frames` is a short side, also holds the frames at that short side."""
-    if not fs.has(video_id) or not path.is_file():
+    when `frames` is a short side, also holds the frames at that short side. `path` may be a
+    folder (see `source_stamp`)."""
+    if not fs.has(video_id) or not path.exists():
         return False
     try:
         meta = read_meta(fs.video_path(video_id))
@@ -198,7 +206,7 @@ def is_done(fs: FeatureSet, video_id: str, path: Path, frames: int | None = None
                 return False
     except CacheError:
         return False
-    stamp = _source_stamp(path)
+    stamp = source_stamp(path)
     return all(meta.extra.get(k) == v for k, v in stamp.items())
 
 
@@ -258,11 +266,18 @@ def _extract_locked(extractor: Extractor, fs: FeatureSet, vid: str, path: Path,
         summary.done.append(vid)
         summary.video_seconds += meta.duration
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
-        reason = str(e) if str(path) in str(e) else f"{path}: {e}"
-        summary.failed[vid] = reason
-        if path.is_file() and fs.has(vid):
-            fs.video_path(vid).unlink()  # features of an older version of this source
-        tqdm.write(f"FAILED {reason}", file=sys.stderr)
+        record_failure(fs, summary, vid, path, e)
+
+
+def record_failure(fs: FeatureSet, summary: RunSummary, vid: str, path: Path,
+                   error: Exception) -> None:
+    """Note why `vid` failed (naming `path`), print it, and drop an older file of the video:
+    features of a source that no longer extracts must not stay in the set."""
+    reason = str(error) if str(path) in str(error) else f"{path}: {error}"
+    summary.failed[vid] = reason
+    if path.exists() and fs.has(vid):
+        fs.video_path(vid).unlink()
+    tqdm.write(f"FAILED {reason}", file=sys.stderr)
 
 
 def update_failures(fs: FeatureSet, resolved: Sequence[str], failed: dict[str, str]) -> None:
@@ -324,7 +339,7 @@ class Extractor:
 
     def _extract(self, writer: VideoWriter, video_id: str, path: Path, stream: FrameStream,
                  bar: ProgressBar | None) -> FeatureMeta:
-        stamp = _source_stamp(path) if path.is_file() else {}
+        stamp = source_stamp(path) if path.is_file() else {}
         step = (lambda n: bar.update(n)) if bar is not None else None
         try:
             feats = self.runner.run(stream, progress=step)
@@ -417,10 +432,15 @@ def run_extraction(
     return summary
 
 
+def run_record_path(fs: FeatureSet, rank: int, world: int) -> Path:
+    """Where this rank's record of a run goes: `runs/<UTC time>-rank<r>of<w>.json`."""
+    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return fs.path / "runs" / f"{now}-rank{rank}of{world}.json"
+
+
 def _write_run_record(fs: FeatureSet, cfg: ExtractConfig, extractor: Extractor,
                       summary: RunSummary, rank: int, world: int) -> Path:
-    now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    path = fs.path / "runs" / f"{now}-rank{rank}of{world}.json"
+    path = run_record_path(fs, rank, world)
     atomic_write_json(path, {
         "config": asdict(cfg),
         "device": str(extractor.device),

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from extract.io import atomic_write_json
+from extract.io import atomic_write_json, is_number
 
 SUBSETS = ("train", "val", "test")
 
@@ -151,15 +151,6 @@ def summarize(ann: Mapping[str, Any]) -> str:
     lines.append(row("", "videos", [nvid[s] for s in SUBSETS]))
     lines.append(row("", "hours", [hours[s] for s in SUBSETS], ".2f"))
     return "\n".join(lines)
-
-
-def is_number(text: str) -> bool:
-    """Whether a CSV cell parses as a number (header cells do not)."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def read_csv_rows(
