@@ -114,3 +114,33 @@ def test_a_two_stream_run_trains_resumes_and_evaluates(sets, tmp_path, fusion):
         train(cfg, [pose.path, rgb.path], ann, run, resume=True, progress=False)
     with pytest.raises(RunError, match="several feature sets"):
         predict_videos([tmp_path / "v.mp4"], run, tmp_path / "p", progress=False)
+
+
+@pytest.mark.slow
+def test_rendered_videos_give_rgb_and_pose_streams_on_one_grid(tmp_path):
+    """The renderer's skeletons through `extract pose` line up with the videos' I3D features, and
+    a gated two-stream detector trains on them: pose and fusion end to end, no download."""
+    from detect.synthetic.videos import render_dataset
+    from detect.train.loop import train
+    from extract.config import ExtractConfig
+    from extract.pipeline import run_extraction, video_id_from_path
+    from extract.pose.run import KinectSource, run_pose_extraction
+
+    data = tmp_path / "data"
+    render_dataset(data, videos=4, minutes=0.3, classes=3, size=(64, 48), progress=False)
+    ecfg = ExtractConfig(weights="random", short_side=32, crop=32, device="cpu", chunk_frames=64)
+    rgb = run_extraction([data], tmp_path / "cache", ecfg, id_fn=video_id_from_path,
+                         progress=False)
+    pose = run_pose_extraction(KinectSource(data), tmp_path / "cache", progress=False)
+    assert not rgb.failed and not pose.failed
+    st = open_features([rgb.featureset, pose.featureset])
+    for vid in st.video_ids():
+        v = st.load(vid)  # raises unless both give the same steps at the same timestamps
+        assert v.features.shape[1] == st.dims(vid)[0] + 85
+    assert len(st.video_ids()) == 4
+    cfg = load_config(None, [*PYR, "data.window=16", "train.epochs=2", "train.batch_size=4",
+                             "train.device=cpu", 'model.fusion="gated"'])
+    train(cfg, [rgb.featureset, pose.featureset], data / "annotations.json", tmp_path / "run",
+          progress=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["feature_sets"][1]["settings"]["model"] == "kinect-v2-25"
