@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -208,6 +209,37 @@ def print_table(results: dict[str, dict], mem_seconds: list[float]) -> None:
         print(f"{label:34}" + "".join(f"{fmt.format(shown[n][key]):>15}" for n in names))
 
 
+def pose_throughput(seconds: float, tmp: Path) -> dict[str, Any]:
+    """Pose extraction speed on CPU, in source frames per second: SMG's Kinect CSV (a rendered
+    sample's skeleton, 30 fps) and BlazePose on the rendered video (where mediapipe is
+    installed, the `pose` extra)."""
+    from detect.synthetic.videos import render_dataset
+    from extract.pose import PoseError
+    from extract.pose.run import KinectSource, VideoSource, run_pose_extraction
+
+    root = tmp / "pose-src"
+    render_dataset(root, videos=1, minutes=seconds / 60, progress=False)
+    video = next(root.glob("*/*_color.mp4"))
+    frames = round(seconds * 30.0)
+    out: dict[str, Any] = {"seconds": seconds, "source_fps": 30.0}
+    t = time.perf_counter()
+    run_pose_extraction(KinectSource(root), tmp / "pose-cache", progress=False)
+    out["kinect_csv_frames_per_s"] = frames / (time.perf_counter() - t)
+    try:
+        from extract.pose.mediapipe_pose import BlazePose
+
+        estimator = BlazePose()
+    except PoseError as e:
+        out["blazepose_frames_per_s"] = None
+        out["blazepose"] = str(e).splitlines()[0]
+        return out
+    t = time.perf_counter()
+    run_pose_extraction(VideoSource([video], estimator), tmp / "pose-cache", progress=False)
+    # BlazePose sees the 10 fps frames; the rate is per source frame, as the Kinect one.
+    out["blazepose_frames_per_s"] = frames / (time.perf_counter() - t)
+    return out
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", nargs="+", choices=MODELS, default=list(MODELS),
@@ -229,6 +261,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--mem-short-side", type=int, default=32)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--pose-seconds", type=float, default=60.0,
+                    help="length of the pose-throughput sample (0: skip it)")
+    ap.add_argument("--pose-only", action="store_true", help="only the pose figures")
     return ap.parse_args()
 
 
@@ -243,6 +278,18 @@ def main() -> None:
           f"crop {args.crop}, short side {args.short_side}, stride {args.stride}")
 
     results: dict[str, dict] = {}
+    pose: dict[str, Any] | None = None
+    if args.pose_seconds > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            pose = pose_throughput(args.pose_seconds, Path(tmp))
+        shown = {k: (f"{v:.0f}" if isinstance(v, float) else v) for k, v in pose.items()}
+        print(f"pose extraction (source frames/s): {shown}", flush=True)
+    if args.pose_only:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "pose": pose},
+                                            indent=2) + "\n")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         video = write_noise_video(tmp_path / "speed.mp4", args.seconds, fps=args.source_fps,
@@ -275,6 +322,7 @@ def main() -> None:
             "mem_seconds": None if args.skip_memory else args.mem_seconds,
             "mem_short_side": args.mem_short_side,
             "decode_video_s_per_s": speed.seconds / t_decode, "models": results,
+            "pose": pose,
         }, indent=2) + "\n")
         print(f"figures in {args.json}")
 

@@ -1,0 +1,154 @@
+"""RGB, pose and both fused, on rendered SMG-layout videos (issue 33). Prints one table.
+
+Per seed: `detect synth-videos` renders the videos (SampleXXXX_color.mp4 with the figure's
+Kinect skeleton, SampleXXXX_skeleton.csv), stage one writes the RGB features (Inception-I3D with
+DeepMind's Kinetics-400 weights by default, short side and crop 112 as `make demo`) and
+`extract pose --dataset smg` the pose features of the same videos; then four detectors with the
+demo's config (configs/demo.toml), thresholds and best epochs chosen on val, scored on test:
+
+    rgb      the RGB feature set
+    pose     the pose feature set
+    concat   both, `model.fusion = "concat"`
+    gated    both, `model.fusion = "gated"` (a gated residual from pose into RGB)
+
+Columns: f1_strict, f1_miga, mAP, recall per ground-truth duration bin; the mean over seeds with
+the f1_strict spread. Target: fused >= the best single stream.
+
+    python -m bench.fusion [--seeds 0,1,2] [--videos 12] [--minutes 2] [--model inception_i3d]
+        [--weights kinetics] [--threads 2] [--work DIR] [--out bench/results/fusion-cpu.json]
+
+--work keeps the videos, feature sets and runs (a killed benchmark resumes there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detect.config import load_config
+from detect.evaluation.evaluate import evaluate_run
+from detect.evaluation.metrics import DURATION_BINS, duration_labels
+from detect.synthetic.videos import render_dataset
+from detect.train.loop import train
+from extract.config import ExtractConfig
+from extract.io import read_json
+from extract.pipeline import run_extraction, video_id_from_path
+from extract.pose.run import KinectSource, run_pose_extraction
+from extract.provenance import versions
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS: dict[str, tuple[tuple[str, ...], str]] = {  # name -> (streams, fusion)
+    "rgb": (("rgb",), "concat"),
+    "pose": (("pose",), "concat"),
+    "concat": (("rgb", "pose"), "concat"),
+    "gated": (("rgb", "pose"), "gated"),
+}
+KEYS = ("f1_strict", "f1_miga", "map")
+
+
+def make_sets(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Path]:
+    """Rendered videos, their RGB and pose feature sets (each reused when already made)."""
+    data = work / f"data{seed}"
+    t0 = time.perf_counter()
+    render_dataset(data, videos=args.videos, minutes=args.minutes, seed=seed, progress=False)
+    ecfg = ExtractConfig(model=args.model, weights=args.weights, short_side=112, crop=112,
+                         threads=args.threads)
+    rgb = run_extraction([data], work / "cache", ecfg, id_fn=video_id_from_path, progress=False)
+    t1 = time.perf_counter()
+    pose = run_pose_extraction(KinectSource(data), work / "cache", progress=False)
+    t2 = time.perf_counter()
+    if rgb.failed or pose.failed:
+        raise RuntimeError(f"extraction failed: {rgb.failed} {pose.failed}")
+    print(f"seed {seed}: videos and RGB features {t1 - t0:.0f} s, pose features {t2 - t1:.1f} s",
+          flush=True)
+    return {"rgb": rgb.featureset, "pose": pose.featureset,
+            "annotations": data / "annotations.json"}
+
+
+def run_one(name: str, sets: dict[str, Path], run: Path, args: argparse.Namespace
+            ) -> dict[str, Any]:
+    streams, fusion = RUNS[name]
+    if not (run / "metrics.json").is_file():
+        if run.exists():  # a killed run: start it again
+            for f in sorted(run.rglob("*"), reverse=True):
+                f.unlink() if f.is_file() else f.rmdir()
+        cfg = load_config(ROOT / "configs" / "demo.toml",
+                          [f'model.fusion="{fusion}"', f"train.threads={args.threads}",
+                           *args.overrides])
+        train(cfg, [sets[s] for s in streams], sets["annotations"], run, progress=False)
+        evaluate_run(run, "test", progress=False)
+    m = read_json(run / "metrics.json", "metrics", ValueError)
+    return {k: m[k] for k in KEYS} | {
+        "recall_by_duration": {b: v["recall"] for b, v in m["recall_by_duration"].items()}}
+
+
+def table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    bins = duration_labels(DURATION_BINS)
+    head = ("| streams | f1_strict (min..max) | f1_miga | mAP | "
+            + " | ".join(f"R {b}" for b in bins) + " |")
+    lines = [head, "|" + "---|" * (4 + len(bins))]
+    mean: dict[str, Any] = {}
+    for name in RUNS:
+        got = [r[name] for r in rows]
+        m = {k: statistics.mean(g[k] for g in got) for k in KEYS}
+        m["recall_by_duration"] = {b: statistics.mean(g["recall_by_duration"][b] for g in got)
+                                   for b in bins}
+        lo, hi = min(g["f1_strict"] for g in got), max(g["f1_strict"] for g in got)
+        mean[name] = m
+        lines.append(f"| {name} | {m['f1_strict']:.3f} ({lo:.3f}..{hi:.3f}) | "
+                     f"{m['f1_miga']:.3f} | {m['map']:.3f} | "
+                     + " | ".join(f"{m['recall_by_duration'][b]:.2f}" for b in bins) + " |")
+    return "\n".join(lines), mean
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--videos", type=int, default=12)
+    ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--model", default="inception_i3d", choices=("inception_i3d", "i3d_r50"))
+    ap.add_argument("--weights", default="kinetics")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="a config override for every run")
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fusion-cpu.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        for seed in map(int, args.seeds.split(",")):
+            sets = make_sets(args, seed, work)
+            row: dict[str, Any] = {"seed": seed}
+            for name in RUNS:
+                row[name] = run_one(name, sets, work / f"{name}{seed}", args)
+                print(f"seed {seed} {name:>6}: f1_strict {row[name]['f1_strict']:.3f}  "
+                      f"mAP {row[name]['map']:.3f}", flush=True)
+            rows.append(row)
+    text, mean = table(rows)
+    best_single = max(mean["rgb"]["f1_strict"], mean["pose"]["f1_strict"])
+    verdict = ", ".join(f"{n} {mean[n]['f1_strict'] - best_single:+.3f}"
+                        for n in ("concat", "gated"))
+    title = (f"{args.videos} rendered SMG-layout videos of {args.minutes:g} min per seed, seeds "
+             f"{args.seeds}; RGB: {args.model} ({args.weights}) crop 112; pose: the renderer's "
+             f"Kinect skeletons; configs/demo.toml; test split, thresholds and epochs chosen on "
+             f"val. Fused minus the best single stream (f1_strict): {verdict}")
+    print(f"\n{title}\n\n{text}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    args.out.write_text(json.dumps({"settings": settings, "rows": rows, "mean": mean,
+                                    "versions": versions()}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(f"{title}\n\n{text}\n")
+    print(f"written: {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
