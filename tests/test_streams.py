@@ -112,7 +112,8 @@ def test_a_two_stream_run_trains_resumes_and_evaluates(sets, tmp_path, fusion):
     # The streams in another order are another input: resume refuses them.
     with pytest.raises(RunError, match="trained on feature sets"):
         train(cfg, [pose.path, rgb.path], ann, run, resume=True, progress=False)
-    with pytest.raises(RunError, match="several feature sets"):
+    # Synthetic streams were not made from videos: predict says it cannot remake them.
+    with pytest.raises(RunError, match="not made from videos"):
         predict_videos([tmp_path / "v.mp4"], run, tmp_path / "p", progress=False)
 
 
@@ -123,6 +124,7 @@ def test_rendered_videos_give_rgb_and_pose_streams_on_one_grid(tmp_path):
     from detect.synthetic.videos import render_dataset
     from detect.train.loop import train
     from extract.config import ExtractConfig
+    from extract.io import RunError
     from extract.pipeline import run_extraction, video_id_from_path
     from extract.pose.run import KinectSource, run_pose_extraction
 
@@ -144,3 +146,21 @@ def test_rendered_videos_give_rgb_and_pose_streams_on_one_grid(tmp_path):
           progress=False)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["feature_sets"][1]["settings"]["model"] == "kinect-v2-25"
+    # predict extracts both streams of new videos (the skeleton beside each) with the run's
+    # recorded settings, and gives what eval gives on the cached sets.
+    from detect.apps.predict import predict_videos
+    from detect.evaluation.evaluate import evaluate_run
+
+    evaluate_run(tmp_path / "run", "test", progress=False)
+    expected = json.loads((tmp_path / "run" / "predictions.json").read_text())["results"]
+    videos = [data / v / f"{v}_color.mp4" for v in sorted(expected)]
+    predict_videos(videos, tmp_path / "run", tmp_path / "pred", progress=False,
+                   id_fn=video_id_from_path)
+    got = json.loads((tmp_path / "pred" / "predictions.json").read_text())["results"]
+    assert got == expected
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "Sample0099_color.mp4").write_bytes(videos[0].read_bytes())
+    with pytest.raises(RunError, match="no Sample0099_skeleton.csv beside"):
+        predict_videos([lone / "Sample0099_color.mp4"], tmp_path / "run", tmp_path / "p2",
+                       progress=False, id_fn=video_id_from_path)

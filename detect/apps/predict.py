@@ -22,17 +22,18 @@ from detect.inference.detections import Detections
 from detect.runs import (
     BEST,
     RUN_FILE,
+    check_feature_set,
     is_multi_stream,
     read_run,
-    run_feature_set,
     score_threshold,
 )
 from extract.cache import FEATURESET_FILE, FeatureSet, read_meta, settings_key
 from extract.config import ExtractConfig
 from extract.i3d import MODEL_NAME, Backbone, build_backbone
 from extract.io import RunError, atomic_write_json
-from extract.pipeline import featureset_settings, weights_source
+from extract.pipeline import assign_ids, featureset_settings, find_videos, weights_source
 from extract.provenance import versions
+from extract.streams import FeatureStreams
 from extract.weights import WeightsError
 
 SUBSET = "test"  # new, unlabelled videos are scored like the test split
@@ -50,19 +51,20 @@ class RunFeatures:
     where: str
 
 
-def run_features(run: Path, info: dict[str, Any]) -> RunFeatures:
-    """From the run's feature set while it is where training found it (its key checked), else
-    from run.json alone: predict and stream need only the run."""
-    if is_multi_stream(info):
+def run_features(run: Path, info: dict[str, Any], streams: bool = False) -> RunFeatures:
+    """From the run's (first, RGB) feature set while it is where training found it (its key
+    checked), else from run.json alone: predict and stream need only the run. A run on several
+    feature sets is refused unless `streams` (the caller extracts the others: `pose_streams`)."""
+    if is_multi_stream(info) and not streams:
         keys = ", ".join(r["key"] for r in info["feature_sets"])
         raise RunError(
-            f"{run}: trained on several feature sets ({keys}); predict and stream extract only "
-            "the first (RGB) stream from a video, so they cannot feed this run yet: evaluate it "
-            "on its feature sets with `detect eval`")
+            f"{run}: trained on several feature sets ({keys}); `stream` extracts only the RGB "
+            "stream from a live source, so it cannot feed this run yet (`predict` can)")
     recorded = info["feature_set"]
     path = Path(recorded["path"])
     if (path / FEATURESET_FILE).is_file():
-        fs = run_feature_set(run, info)
+        fs = FeatureSet.open(path)
+        check_feature_set(run, {"feature_set": recorded}, fs)
         source = weights_source(fs)
         if source is None:
             raise RunError(f"{fs.path}: cannot tell which weights made this feature set")
@@ -92,6 +94,9 @@ def backbone_for(src: RunFeatures) -> tuple[ExtractConfig, Backbone]:
                             model=model)
     except ValueError as e:  # a backbone or setting this version does not know
         raise RunError(f"{src.where}: cannot reproduce the run's features here: {e}") from e
+    except KeyError as e:  # e.g. a synthetic feature set: no video settings to reproduce
+        raise RunError(f"{src.where}: cannot reproduce the run's features here: its feature set "
+                       f"was not made from videos by stage one (no {e} setting)") from e
     try:
         backbone, info = build_backbone(cfg.weights, cfg.seed, res4=cfg.res4, model=cfg.model)
     except WeightsError as e:
@@ -117,6 +122,52 @@ def _mismatch(weights: str, ours: dict[str, Any], theirs: dict[str, Any], where:
     shown = "; ".join(f"{k}: here {ours.get(k)!r}, the run's {theirs.get(k)!r}" for k in differ)
     return (f"{where}: the features here would differ from the run's ({shown}); refusing to "
             "predict with other features than the detector was trained on")
+
+
+def pose_streams(run: Path, info: dict[str, Any], videos: dict[str, Path], out: Path,
+                 progress: bool = True) -> list[FeatureSet]:
+    """The pose streams of a run on several feature sets, extracted for `videos` (id -> file)
+    with the settings recorded in run.json: SMG skeletons (`SampleXXXX_skeleton.csv` beside each
+    video) or BlazePose on the video. RunError when a video has no skeleton, the pose model is
+    one predict cannot run here, or the settings here would give other features."""
+    from extract.pose.run import KinectFiles, VideoSource, run_pose_extraction
+
+    sets = []
+    for rec in info["feature_sets"][1:]:
+        s = rec["settings"]
+        model = s.get("model")
+        if model == "kinect-v2-25":
+            source: Any = KinectFiles(_skeletons_beside(videos),
+                                      s.get("source", {}).get("fallback_source_fps"))
+        elif model == "blazepose-33-full":
+            from extract.pose.mediapipe_pose import BlazePose
+
+            source = VideoSource(list(videos.values()), BlazePose())
+        else:
+            raise RunError(f"{run}: its stream {rec['key']} comes from {model!r} keypoints; "
+                           "predict can read SMG skeletons beside the videos or run BlazePose, "
+                           "not that: evaluate the run on its feature sets with `detect eval`")
+        summary = run_pose_extraction(source, out, float(s["fps"]), int(s["stride"]),
+                                      progress=progress)
+        fs = FeatureSet.open(summary.featureset)
+        if fs.key != rec["key"]:
+            raise RunError(_mismatch(str(model), fs.settings, s, f"{run}/{RUN_FILE}"))
+        if summary.failed:
+            raise RunError(f"pose extraction failed: {summary.failed}")
+        sets.append(fs)
+    return sets
+
+
+def _skeletons_beside(videos: dict[str, Path]) -> dict[str, Path]:
+    """SMG's skeleton file of each video: `<id>_skeleton.csv` in the video's folder."""
+    out = {}
+    for vid, path in videos.items():
+        csv = path.parent / f"{vid}_skeleton.csv"
+        if not csv.is_file():
+            raise RunError(f"{path}: the run also reads SMG skeletons, and there is no {csv.name} "
+                           "beside this video")
+        out[vid] = csv
+    return out
 
 
 def predict_videos(
@@ -155,13 +206,17 @@ def predict_videos(
     device = resolve_device(cfg.train.device)
     model, ck = load_run_model(run, device)
     threshold = score_threshold(cfg, ck, run)  # a run that cannot predict is refused first
-    ecfg, _ = backbone_for(run_features(run, info))
+    ecfg, _ = backbone_for(run_features(run, info, streams=True))
     created = [d for d in (out, out / "features") if not d.exists()]
     summary = run_extraction(videos, out / "features", ecfg, id_fn=id_fn, progress=progress)
     if summary.failed:
         print(format_summary(summary))
-    fs = FeatureSet.open(summary.featureset)
+    fs: Any = FeatureSet.open(summary.featureset)
     done = [v for v in [*summary.done, *summary.skipped] if fs.has(v)]
+    if done and is_multi_stream(info):
+        ids = assign_ids(find_videos(videos), id_fn)
+        fs = FeatureStreams([fs, *pose_streams(run, info, {v: ids[v] for v in done},
+                                               out / "features", progress)])
     if not done:
         if not fs.video_ids():  # a set this call made for nothing: leave no trace of it
             shutil.rmtree(fs.path)

@@ -151,6 +151,18 @@ class KinectSource:
         return pose
 
 
+class KinectFiles(KinectSource):
+    """Given SMG skeleton files by video id (`predict`: the skeleton beside each video); the
+    same settings, so the same feature-set key, as `KinectSource`."""
+
+    def __init__(self, files: dict[str, Path], source_fps: float | None = None) -> None:
+        super().__init__(Path("."), source_fps)
+        self.files = dict(files)
+
+    def find(self) -> dict[str, Path]:
+        return dict(self.files)
+
+
 class OpenPoseSource:
     """iMiGUE's OpenPose keypoints under a root (`find_imigue_keypoints`); the frame rate from
     the video beside them, else `source_fps` (25, iMiGUE's rate)."""
