@@ -141,7 +141,7 @@ def mean_rows(rows: list[list[dict[str, Any]]], key: str) -> list[dict[str, Any]
 
 
 def table(name: str, key: str, rows: list[dict[str, Any]], offline: float) -> str:
-    lines = [f"| {name} {key} | f1_strict (min..max) | x offline | f1_miga | mAP | AEDT median |"
+    lines = [f"| {name} | f1_strict (min..max) | x offline | f1_miga | mAP | AEDT median |"
              " AEDT p95 | emitted |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["f1_strict_range"]
@@ -162,6 +162,23 @@ def plot(curves: dict[str, list[dict[str, Any]]], offline: float, path: Path) ->
                       target_delay_s=1.5)
 
 
+def cost_only(args: argparse.Namespace) -> None:
+    """Stage two's cost per step again, on the finished runs, into the existing results."""
+    torch.set_num_threads(args.threads)
+    runs = [args.work / f"pyramid-online{s}" for s in args.seeds.split(",")]
+    cost = [{k: statistics.mean(step_cost(r, every)[k] for r in runs)
+             for k in ("every", "mean_ms_per_step", "decision_median_ms", "decision_p95_ms",
+                       "model_ms")} for every in (1, 2)]
+    data = json.loads(args.out.read_text())
+    data["step_cost"] = cost
+    data["step_cost_note"] = f"measured alone with --cost-only, {args.threads} thread(s)"
+    args.out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    for c in cost:
+        print(f"a decision every {c['every']:g} step(s): {c['mean_ms_per_step']:.2f} ms per step, "
+              f"{c['decision_median_ms']:.2f} ms per decision (p95 {c['decision_p95_ms']:.2f}; "
+              f"model and decoding {c['model_ms']:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
@@ -169,7 +186,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None, help="bench.accuracy's work folder")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "online-cpu.json")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="with --work: measure only stage two's cost on the finished causal runs "
+                         "(run it alone: timings) and update --out's step_cost")
     args = ap.parse_args()
+    if args.cost_only:
+        return cost_only(args)
     # bench.accuracy's settings for its "features" generator (its sets and runs are reused).
     acc = argparse.Namespace(generator="features", amplitude=AMPLITUDE["features"], stride=4,
                              videos=args.videos, distractors=0.5, minutes="2,5", overrides=[])
@@ -208,10 +230,10 @@ def main() -> None:
                  f"step, {c['decision_median_ms']:.2f} ms per decision (p95 "
                  f"{c['decision_p95_ms']:.2f})" for c in cost))
     text = "\n\n".join([
-        table("causal, D", "horizon_s", curves["causal"], offline),
-        table("causal every 2 steps, D", "horizon_s", curves["causal-every2"], offline),
-        table("causal-offline, D", "horizon_s", curves["causal-offline"], offline),
-        table("window-final, hop", "hop", curves["window-final"], offline)])
+        table("causal: D (s)", "horizon_s", curves["causal"], offline),
+        table("causal every 2 steps: D (s)", "horizon_s", curves["causal-every2"], offline),
+        table("causal-offline: D (s)", "horizon_s", curves["causal-offline"], offline),
+        table("window-final: hop (steps)", "hop", curves["window-final"], offline)])
     print(f"\n{title}\n\n{text}")
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
