@@ -10,6 +10,7 @@ demo's config (configs/demo.toml), thresholds and best epochs chosen on val, sco
     pose     the pose feature set
     concat   both, `model.fusion = "concat"`
     gated    both, `model.fusion = "gated"` (a gated residual from pose into RGB)
+    +moddrop the two fusions trained with ModDrop (`model.stream_dropout = 0.3`)
 
 Columns: f1_strict, f1_miga, mAP, recall per ground-truth duration bin; the mean over seeds with
 the f1_strict spread. Target: fused >= the best single stream.
@@ -38,17 +39,20 @@ from detect.evaluation.metrics import DURATION_BINS, duration_labels
 from detect.synthetic.videos import render_dataset
 from detect.train.loop import train
 from extract.config import ExtractConfig
-from extract.io import read_json
+from extract.io import read_json, read_metrics_rows
 from extract.pipeline import run_extraction, video_id_from_path
 from extract.pose.run import KinectSource, run_pose_extraction
 from extract.provenance import versions
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS: dict[str, tuple[tuple[str, ...], str]] = {  # name -> (streams, fusion)
-    "rgb": (("rgb",), "concat"),
-    "pose": (("pose",), "concat"),
-    "concat": (("rgb", "pose"), "concat"),
-    "gated": (("rgb", "pose"), "gated"),
+RUNS: dict[str, tuple[tuple[str, ...], list[str]]] = {  # name -> (streams, overrides)
+    "rgb": (("rgb",), []),
+    "pose": (("pose",), []),
+    "concat": (("rgb", "pose"), ['model.fusion="concat"']),
+    "gated": (("rgb", "pose"), ['model.fusion="gated"']),
+    # ModDrop: each training window drops one stream with p 0.3 (p chosen before any run)
+    "concat+moddrop": (("rgb", "pose"), ['model.fusion="concat"', "model.stream_dropout=0.3"]),
+    "gated+moddrop": (("rgb", "pose"), ['model.fusion="gated"', "model.stream_dropout=0.3"]),
 }
 KEYS = ("f1_strict", "f1_miga", "map")
 
@@ -74,37 +78,38 @@ def make_sets(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Path
 
 def run_one(name: str, sets: dict[str, Path], run: Path, args: argparse.Namespace
             ) -> dict[str, Any]:
-    streams, fusion = RUNS[name]
+    streams, overrides = RUNS[name]
     if not (run / "metrics.json").is_file():
         if run.exists():  # a killed run: start it again
             for f in sorted(run.rglob("*"), reverse=True):
                 f.unlink() if f.is_file() else f.rmdir()
         cfg = load_config(ROOT / "configs" / "demo.toml",
-                          [f'model.fusion="{fusion}"', f"train.threads={args.threads}",
-                           *args.overrides])
+                          [*overrides, f"train.threads={args.threads}", *args.overrides])
         train(cfg, [sets[s] for s in streams], sets["annotations"], run, progress=False)
         evaluate_run(run, "test", progress=False)
     m = read_json(run / "metrics.json", "metrics", ValueError)
-    return {k: m[k] for k in KEYS} | {
+    val = max(float(r["val_f1_miga"]) for r in read_metrics_rows(run))
+    return {k: m[k] for k in KEYS} | {"val_f1_miga": val,
         "recall_by_duration": {b: v["recall"] for b, v in m["recall_by_duration"].items()}}
 
 
 def table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     bins = duration_labels(DURATION_BINS)
     head = ("| streams | f1_strict (min..max) | f1_miga | mAP | "
-            + " | ".join(f"R {b}" for b in bins) + " |")
-    lines = [head, "|" + "---|" * (4 + len(bins))]
+            + " | ".join(f"R {b}" for b in bins) + " | val f1_miga |")
+    lines = [head, "|" + "---|" * (5 + len(bins))]
     mean: dict[str, Any] = {}
     for name in RUNS:
         got = [r[name] for r in rows]
-        m = {k: statistics.mean(g[k] for g in got) for k in KEYS}
+        m = {k: statistics.mean(g[k] for g in got) for k in (*KEYS, "val_f1_miga")}
         m["recall_by_duration"] = {b: statistics.mean(g["recall_by_duration"][b] for g in got)
                                    for b in bins}
         lo, hi = min(g["f1_strict"] for g in got), max(g["f1_strict"] for g in got)
         mean[name] = m
         lines.append(f"| {name} | {m['f1_strict']:.3f} ({lo:.3f}..{hi:.3f}) | "
                      f"{m['f1_miga']:.3f} | {m['map']:.3f} | "
-                     + " | ".join(f"{m['recall_by_duration'][b]:.2f}" for b in bins) + " |")
+                     + " | ".join(f"{m['recall_by_duration'][b]:.2f}" for b in bins)
+                     + f" | {m['val_f1_miga']:.3f} |")
     return "\n".join(lines), mean
 
 
@@ -130,13 +135,13 @@ def main() -> None:
             row: dict[str, Any] = {"seed": seed}
             for name in RUNS:
                 row[name] = run_one(name, sets, work / f"{name}{seed}", args)
-                print(f"seed {seed} {name:>6}: f1_strict {row[name]['f1_strict']:.3f}  "
+                print(f"seed {seed} {name:>14}: f1_strict {row[name]['f1_strict']:.3f}  "
                       f"mAP {row[name]['map']:.3f}", flush=True)
             rows.append(row)
     text, mean = table(rows)
     best_single = max(mean["rgb"]["f1_strict"], mean["pose"]["f1_strict"])
     verdict = ", ".join(f"{n} {mean[n]['f1_strict'] - best_single:+.3f}"
-                        for n in ("concat", "gated"))
+                        for n in RUNS if n not in ("rgb", "pose"))
     title = (f"{args.videos} rendered SMG-layout videos of {args.minutes:g} min per seed, seeds "
              f"{args.seeds}; RGB: {args.model} ({args.weights}) crop 112; pose: the renderer's "
              f"Kinect skeletons; configs/demo.toml; test split, thresholds and epochs chosen on "

@@ -131,6 +131,10 @@ class ModelConfig:
     # x = P0(rgb) + sigmoid(G[P0(rgb), P1(pose)]) * P1(pose) (a gated residual, the MiGA 2026
     # runner-up's skeleton fusion). One feature set: no fusion.
     fusion: Fusion = "concat"
+    # ModDrop (Neverova et al., multimodal gesture recognition): while training, each window
+    # drops the first stream with probability p/2, else the other streams with p/2 (never all),
+    # so neither stream can lean on the other. Several feature sets only.
+    stream_dropout: float = 0.0
 
 
 @dataclass
@@ -291,6 +295,7 @@ RANGES: Ranges = {
     "model.ffn_dim": (at_least_1, ">= 1"),
     "model.mix_dim": (at_least_1, ">= 1"),
     "model.dropout": (fraction, "in [0, 1)"),
+    "model.stream_dropout": (fraction, "in [0, 1)"),
     "model.mamba.layers": (nonnegative, ">= 0"),
     "model.mamba.d_state": (at_least_1, ">= 1"),
     "model.mamba.d_conv": (at_least_1, ">= 1"),

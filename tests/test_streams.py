@@ -164,3 +164,34 @@ def test_rendered_videos_give_rgb_and_pose_streams_on_one_grid(tmp_path):
     with pytest.raises(RunError, match="no Sample0099_skeleton.csv beside"):
         predict_videos([lone / "Sample0099_color.mp4"], tmp_path / "run", tmp_path / "p2",
                        progress=False, id_fn=video_id_from_path)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_moddrop_drops_one_stream_per_window_never_both(fusion):
+    torch.manual_seed(1)
+    cfg = load_config(None, [*PYR, f'model.fusion="{fusion}"', "model.stream_dropout=0.6"])
+    m = build_model(cfg, 7, 3, 0, streams=(4, 3))
+    x = torch.randn(400, 2, 7)
+    m.eval()
+    full = m.project(x)
+    only = {}
+    for name, cut in (("first", slice(0, 4)), ("other", slice(4, 7))):
+        z = x.clone()
+        z[..., cut] = 0.0  # inputs are standardised with the identity stats here
+        if fusion == "gated":  # the gated model drops the stream's projection, not its input
+            h0, h1 = m.input_proj(x[..., :4]), m.stream_proj(x[..., 4:])
+            h0, h1 = (h0 * 0, h1) if name == "first" else (h0, h1 * 0)
+            only[name] = h0 + torch.sigmoid(m.stream_gate(torch.cat([h0, h1], -1))) * h1
+        else:
+            only[name] = m.project(z)
+    m.train()
+    got = m.project(x)
+    kind = []
+    for b in range(400):
+        same = [n for n, ref in (("full", full), *only.items())
+                if torch.allclose(got[b], ref[b], atol=1e-6)]
+        assert len(same) == 1, same
+        kind.append(same[0])
+    share = {k: kind.count(k) / 400 for k in ("full", "first", "other")}
+    assert abs(share["first"] - 0.3) < 0.08 and abs(share["other"] - 0.3) < 0.08
+    torch.testing.assert_close(m.eval().project(x), full)  # never at inference

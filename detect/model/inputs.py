@@ -15,7 +15,8 @@ class FeatureInput(nn.Module):
     """
 
     def init_inputs(self, in_dim: int, res4_dim: int, dim: int, input_dropout: float,
-                    streams: tuple[int, ...] = (), fusion: str = "concat") -> None:
+                    streams: tuple[int, ...] = (), fusion: str = "concat",
+                    stream_dropout: float = 0.0) -> None:
         """Create the input layers (call from the subclass's __init__ before its own layers, so
         seeded runs draw their initial weights in one order).
 
@@ -27,6 +28,7 @@ class FeatureInput(nn.Module):
         if self.streams and sum(self.streams) != in_dim:
             raise ValueError(f"stream channels {self.streams} do not sum to in_dim {in_dim}")
         self.gated = fusion == "gated" and len(self.streams) > 1
+        self.stream_dropout = stream_dropout if len(self.streams) > 1 else 0.0
         self.input_drop = nn.Dropout(input_dropout)
         first = self.streams[0] if self.gated else in_dim
         self.input_proj = nn.Linear(first, dim)
@@ -46,11 +48,17 @@ class FeatureInput(nn.Module):
         if features.shape[1] < 1:
             raise ValueError("features have an empty window (W = 0)")
         x = self.input_drop((features - self.input_mean) / self.input_std)
+        keep0, keep1 = self._stream_keep(x)
         if self.gated:
             c0 = self.streams[0]
             rgb, other = self.input_proj(x[..., :c0]), self.stream_proj(x[..., c0:])
+            if keep0 is not None:
+                rgb, other = rgb * keep0, other * keep1
             x = rgb + torch.sigmoid(self.stream_gate(torch.cat([rgb, other], -1))) * other
         else:
+            if keep0 is not None:  # standardised: zero is the stream's mean
+                c0 = self.streams[0]
+                x = torch.cat([x[..., :c0] * keep0, x[..., c0:] * keep1], -1)
             x = self.input_proj(x)
         if self.res4_proj is None:
             if res4 is not None:
@@ -64,6 +72,14 @@ class FeatureInput(nn.Module):
                 f"got {tuple(res4.shape)}"
             )
         return x + self.res4_proj(self.input_drop((res4 - self.res4_mean) / self.res4_std))
+
+    def _stream_keep(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """ModDrop masks (B, 1, 1) of the first and of the other streams while training."""
+        if not (self.training and self.stream_dropout > 0):
+            return None, None
+        u = torch.rand(x.shape[0], 1, 1, device=x.device)
+        p = self.stream_dropout
+        return (u >= p / 2).to(x.dtype), ((u < p / 2) | (u >= p)).to(x.dtype)
 
     @torch.no_grad()
     def set_input_stats(self, mean: Tensor, std: Tensor, res4_mean: Tensor | None = None,
