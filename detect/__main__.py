@@ -117,8 +117,9 @@ def stream(
         "a detection) or auto: causal for a run trained with online.causal, else window-final"),
     window: int = typer.Option(0, "--window", help="feature steps per window (0: the run's)"),
     hop: int = typer.Option(0, "--hop", help="window-final: steps between windows (0: offline "
-                            "evaluation's, window x (1 - the run's eval_overlap); smaller emits "
-                            "sooner); refused in causal mode"),
+                            "evaluation's, window x (1 - the run's eval_overlap); a detection "
+                            "is final about window - hop steps after its end); refused in "
+                            "causal mode"),
     every: int = typer.Option(0, "--every", help="causal: steps between decisions (0: the "
                               "run's online.every); refused in window-final mode"),
     realtime: bool = typer.Option(False, "--realtime", help="play a file at its own speed"),

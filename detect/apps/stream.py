@@ -17,9 +17,10 @@ SOURCE is a video file, a camera (`/dev/video0`, through FFmpeg's v4l2) or any U
   - window-final (`detect/inference/online.py`): windows of `--window` steps every `--hop`
     steps; a detection is written once it is final (no later window can change it). The default
     hop is offline evaluation's, window x (1 - the run's data.eval_overlap), so a file streamed
-    gives the detections `predict` and `eval` give for a run trained on windows; a smaller
-    `--hop` emits sooner, with other (more overlapping) windows and so possibly other
-    detections.
+    gives the detections `predict` and `eval` give for a run trained on windows. A detection
+    is final about W - hop steps after its end, so a smaller `--hop` emits later, not sooner
+    (bench/results/online-cpu.md: median 17.7 s at hop W/2, 24.7 s at hop W/16); only the
+    causal mode reports within seconds.
 - Output: one JSON line per detection on stdout and in `--out` (default
   RUN/stream/<source>-<UTC time>.jsonl): class, label, start, end, score, emitted_at,
   source_time (FIELDS below). Next to it, `<same name>.json` records the run, source, mode and
