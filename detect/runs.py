@@ -108,9 +108,12 @@ def is_multi_stream(info: dict[str, Any]) -> bool:
 
 
 def score_threshold(cfg: Config, checkpoint: dict[str, Any], run: Path | str = "run") -> float:
-    """The score threshold a run applies: eval.score_threshold when set (>= 0), else the one
+    """The score threshold a run applies: for a causal run online.threshold when set (>= 0);
+    eval.score_threshold when set (>= 0), else the one
     tuned on `val` and stored in best.pt (never tuned on `test`) once training has finished;
     RunError for a run stopped before that."""
+    if cfg.online.causal and cfg.online.threshold >= 0:  # a causal run's emission threshold
+        return cfg.online.threshold
     if cfg.eval.score_threshold >= 0:
         return cfg.eval.score_threshold
     if "threshold" not in checkpoint:

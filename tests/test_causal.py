@@ -276,3 +276,14 @@ def test_the_query_point_detector_trains_causally(tmp_path):
             assert d["segment"][1] <= t + 1e-9
             assert math.isclose(t / 0.8, round(t / 0.8), abs_tol=1e-6) or math.isclose(
                 t, ends[vid])
+
+
+def test_a_causal_runs_own_threshold_wins_when_set():
+    from detect.runs import score_threshold
+
+    ck = {"threshold": 0.3}
+    assert score_threshold(load_config(None, ["online.causal=true"]), ck) == 0.3
+    assert score_threshold(load_config(None, ["online.causal=true", "online.threshold=0.6"]),
+                           ck) == 0.6
+    # A run trained for windows keeps its own (online.threshold is for causal decisions).
+    assert score_threshold(load_config(None, ["online.threshold=0.6"]), ck) == 0.3
