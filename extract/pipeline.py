@@ -440,16 +440,25 @@ def run_record_path(fs: FeatureSet, rank: int, world: int) -> Path:
 
 def _write_run_record(fs: FeatureSet, cfg: ExtractConfig, extractor: Extractor,
                       summary: RunSummary, rank: int, world: int) -> Path:
-    path = run_record_path(fs, rank, world)
-    atomic_write_json(path, {
+    return write_run_record(fs, summary, rank, world, {
         "config": asdict(cfg),
         "device": str(extractor.device),
         "chunk_frames": extractor.runner.chunk,
         "halo": extractor.runner.halo,
         "weights": asdict(extractor.weights),
+        "decoder": _decoder_versions(),
+    })
+
+
+def write_run_record(fs: FeatureSet, summary: RunSummary, rank: int, world: int,
+                     extra: dict[str, Any]) -> Path:
+    """This rank's run record in the feature set: `extra`, then the settings, versions and the
+    summary (done, skipped, failed, seconds) every extraction run records."""
+    path = run_record_path(fs, rank, world)
+    atomic_write_json(path, {
+        **extra,
         "settings": fs.settings,
         "versions": versions(),
-        "decoder": _decoder_versions(),
         "rank": rank,
         "world_size": world,
         "done": summary.done,

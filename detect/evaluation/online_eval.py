@@ -169,13 +169,12 @@ def evaluate_online_run(run: Path, subset: str = "test", mode: OnlineMode | None
                                 "nms_iou": cfg.eval.nms_iou, "threshold": threshold}
     if mode == "causal":
         s = CausalSettings.of(cfg, ds.stride, ds.fps)
-        if not cfg.online.causal and cfg.online.threshold < 0:
-            # A run trained for windows: its emission threshold is tuned on val here.
-            val = window_dataset(cfg, fs, ann, "val", train=False)
-            threshold = tune_emission_threshold(
-                causal_decisions(model, val, cfg, device, s), ann, "val", cfg, s)
-        elif cfg.online.threshold >= 0:
+        if not cfg.online.causal:  # a causal run's threshold is `score_threshold`'s
             threshold = cfg.online.threshold
+            if threshold < 0:  # a run trained for windows: its emission threshold, tuned on val
+                val = window_dataset(cfg, fs, ann, "val", train=False)
+                threshold = tune_emission_threshold(
+                    causal_decisions(model, val, cfg, device, s), ann, "val", cfg, s)
         long = CausalSettings(s.window, s.window, s.every, s.stride, s.fps)
         decisions = causal_decisions(model, ds, cfg, device, long, progress)
         em = emit_all(with_horizon(decisions, s), threshold, cfg.eval.nms_iou, s)

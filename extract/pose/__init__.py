@@ -13,7 +13,24 @@ steps), `run` (the run: sources, settings, resume, failures).
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+from extract.io import is_number
+
 
 class PoseError(ValueError):
     """A skeleton file or folder is missing, malformed or unusable; the message names the file
     and, where it applies, the row or frame."""
+
+
+def row_numbers(path: Path, lineno: int, cells: list[str]) -> list[float]:
+    """A table row's cells as finite floats; PoseError naming the file and 1-based row."""
+    try:
+        values = [float(c) for c in cells]
+    except ValueError:
+        bad = next(c for c in cells if not is_number(c))
+        raise PoseError(f"{path}, row {lineno}: {bad.strip()!r} is not a number") from None
+    if not all(math.isfinite(v) for v in values):
+        raise PoseError(f"{path}, row {lineno}: a value is not finite")
+    return values

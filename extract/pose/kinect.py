@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from extract.io import is_number
-from extract.pose import PoseError
+from extract.pose import PoseError, row_numbers
 from extract.pose.joints import KINECT_V2
 
 VALUES_PER_JOINT = 11
@@ -59,14 +59,7 @@ def _row_values(path: Path, lineno: int, cells: list[str]) -> list[float]:
     if len(cells) != ROW_VALUES:
         raise PoseError(f"{path}, row {lineno}: {len(cells)} values, expected {ROW_VALUES} "
                         f"({len(KINECT_V2)} joints x {VALUES_PER_JOINT})")
-    try:
-        values = [float(c) for c in cells]
-    except ValueError:
-        bad = next(c for c in cells if not is_number(c))
-        raise PoseError(f"{path}, row {lineno}: {bad.strip()!r} is not a number") from None
-    if not all(math.isfinite(v) for v in values):
-        raise PoseError(f"{path}, row {lineno}: a value is not finite")
-    return values
+    return row_numbers(path, lineno, cells)
 
 
 def _parse_rows(path: Path, text: str) -> np.ndarray:

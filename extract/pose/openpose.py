@@ -25,7 +25,6 @@ Finding iMiGUE's keypoints: `find_imigue_keypoints` (the same files and order as
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ import numpy as np
 
 from extract.decode import open_video
 from extract.io import is_number
-from extract.pose import PoseError
+from extract.pose import PoseError, row_numbers
 
 BODY_25: tuple[str, ...] = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
@@ -174,13 +173,7 @@ def read_keypoint_table(path: Path) -> np.ndarray:
     for r, (lineno, cells) in enumerate(rows):
         if len(cells) != width:
             raise PoseError(f"{path}, row {lineno}: {len(cells)} columns, expected {width}")
-        try:
-            values = [float(c) for c in cells]
-        except ValueError:
-            bad = next(c for c in cells if not is_number(c))
-            raise PoseError(f"{path}, row {lineno}: {bad!r} is not a number") from None
-        if not all(math.isfinite(v) for v in values):
-            raise PoseError(f"{path}, row {lineno}: a value is not finite")
+        values = row_numbers(path, lineno, cells)
         if lead:
             frames[r] = int(values[0])
         table[r] = values[lead:]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from extract.cache import FeatureMeta, FeatureSet, VideoWriter, feature_timestamps
 from extract.decode import DecodeError
-from extract.io import atomic_write_json, file_lock
+from extract.io import file_lock
 from extract.pipeline import (
     RunSummary,
     assign_ids,
@@ -38,11 +38,11 @@ from extract.pipeline import (
     record_failure,
     remove_stale_temps,
     remove_stale_temps_if_free,
-    run_record_path,
     source_stamp,
     update_failures,
     video_id_from_path,
     video_lock_path,
+    write_run_record,
 )
 from extract.pose import PoseError
 from extract.pose.features import BLOCKS, step_features, tick_indices
@@ -65,7 +65,7 @@ from extract.pose.kinect import (
 from extract.pose.mediapipe_pose import PoseEstimator, video_points
 from extract.pose.openpose import find_imigue_keypoints, read_keypoints, video_beside, video_fps
 from extract.progress import progress as progress_bar
-from extract.provenance import mgdet_version, versions
+from extract.provenance import mgdet_version
 from extract.runtime import dist_rank
 
 # Bump when the features computed from the same joints change: the key changes with it.
@@ -337,22 +337,11 @@ def run_pose_extraction(source: PoseSource, out: Path, fps: float = 10.0, stride
 
 
 def _write_run_record(fs: FeatureSet, summary: PoseRunSummary, rank: int, world: int) -> Path:
-    path = run_record_path(fs, rank, world)
-    atomic_write_json(path, {
+    return write_run_record(fs, summary, rank, world, {
         "kind": "pose",
         "weights": {"label": fs.settings["weights"], "sha256": fs.settings["weights_sha256"]},
-        "settings": fs.settings,
-        "versions": versions(),
-        "rank": rank,
-        "world_size": world,
-        "done": summary.done,
-        "skipped": summary.skipped,
-        "failed": summary.failed,
         "counts": summary.counts,
-        "seconds": round(summary.seconds, 3),
-        "video_seconds": round(summary.video_seconds, 3),
     })
-    return path
 
 
 def format_counts(summary: PoseRunSummary) -> str:
