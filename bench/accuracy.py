@@ -9,6 +9,10 @@ trained with its small CPU config, its threshold and best epoch chosen on `val`,
     pyramid         configs/synthetic-small-dense.toml (dense pyramid, conv encoder)
     pyramid-mamba   the same with the Mamba encoder
 
+and, on request (`--models ...,oracle`, features generator at stride 4 only), the matched-filter
+oracle (detect.synthetic.oracle): told the generator's signatures, gains and blur, it estimates
+how much of the score the set allows at that amplitude.
+
 Generators: "features" (detect.synthetic.features, profile smg; the one the configs were tuned
 on) and "envelope" (detect.synthetic.envelopes: per-class temporal envelopes, class-specific
 durations, correlated background), each at the amplitude where the probe scores f1_strict
@@ -22,7 +26,7 @@ seconds for the baselines). The summary is the mean over seeds with the spread (
 f1_strict, and the ratios to the probe. Written to --out (JSON) and next to it as .md.
 
     python -m bench.accuracy [--generator features|envelope] [--seeds 0,1,2] [--stride 4]
-        [--models probe,dense,seed-full,seed-lean,pyramid,pyramid-mamba] [--videos 40]
+        [--models probe,dense,seed-full,seed-lean,pyramid,pyramid-mamba[,oracle]] [--videos 40]
         [--amplitude A] [--distractors 0.5] [--minutes 2,5] [--threads 2] [--work DIR]
         [--set k=v ...]
 
@@ -49,6 +53,7 @@ from detect.evaluation.metrics import DURATION_BINS, duration_labels
 from detect.experiments.baselines import BaselineConfig, run_baseline
 from detect.synthetic.envelopes import synth_envelope_set
 from detect.synthetic.features import synth_feature_set
+from detect.synthetic.oracle import run_oracle
 from detect.train.loop import train
 from extract.config import config_to_dict
 from extract.io import read_json, read_metrics_rows
@@ -56,7 +61,8 @@ from extract.provenance import versions
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("f1_miga", "f1_strict", "map")
-BASELINES = ("probe", "dense")
+# Baselines, and the matched-filter oracle that knows the generator (features generator only).
+BASELINES = ("probe", "dense", "oracle")
 MODELS: dict[str, tuple[str, list[str]]] = {
     "seed-full": ("synthetic-small.toml", []),
     "seed-lean": ("synthetic-small.toml",
@@ -157,7 +163,10 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     features, ann = make_set(args, seed, work / f"set{seed}")
     row: dict[str, Any] = {"seed": seed}
     for name in args.models:
-        if name in BASELINES:
+        if name == "oracle":
+            m = run_oracle(features, ann, work / f"{name}{seed}", progress=False)
+            row[name] = summary(m) | {"params": None, "seconds_per_epoch": m["fit_seconds"]}
+        elif name in BASELINES:
             m = run_baseline(BaselineConfig(kind=name), features, ann, work / f"{name}{seed}",
                              progress=False)
             row[name] = summary(m) | {"params": None, "seconds_per_epoch": m["fit_seconds"]}
@@ -219,6 +228,8 @@ def main() -> None:
     unknown = set(args.models) - set(MODELS) - set(BASELINES)
     if unknown:
         ap.error(f"unknown models {sorted(unknown)}; known: {[*BASELINES, *MODELS]}")
+    if "oracle" in args.models and (args.generator != "features" or args.stride != 4):
+        ap.error("the oracle knows only the features generator at stride 4")
     if args.report_only and args.work is None:
         ap.error("--report-only tabulates the runs in --work: give --work")
     if args.amplitude is None:

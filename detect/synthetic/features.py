@@ -208,6 +208,31 @@ def _split(rng: np.random.Generator, n: int, fractions: tuple[float, float, floa
     return [subsets[i] for i in rng.permutation(n)]
 
 
+def _num_directions(classes: int, smg: bool) -> int:
+    """Signature directions a set draws first from its seed: body, onset, offset per class, two
+    drift directions, and the SMG profile's body-part groups."""
+    return 3 * classes + 2 + (len(smg_profile.GROUPS) if smg else 0)
+
+
+def _smg_bodies(own: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(17, dim) class bodies: a class's own direction plus its body-part group's."""
+    member = smg_profile.class_groups()
+    return math.sqrt(1 - SMG_SHARED) * own + math.sqrt(SMG_SHARED) * groups[member]
+
+
+def smg_signatures(seed: int, dim: int = 256
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The planted signatures of the SMG-profile set made with `seed` and `dim`: class body,
+    onset and offset, each (17, dim), and the body-part group directions (G, dim), all unit rows
+    (orthonormal apart from a body's share of its group when dim >= 58). For references that know
+    the generator (detect.synthetic.oracle); a model never sees them."""
+    classes = len(smg_profile.CLASSES)
+    dirs = _directions(np.random.default_rng(seed), _num_directions(classes, True), dim)
+    groups = dirs[3 * classes + 2 :].copy()
+    body = _smg_bodies(dirs[:classes], groups)
+    return body, dirs[classes : 2 * classes].copy(), dirs[2 * classes : 3 * classes].copy(), groups
+
+
 def _smg_extras(
     rng: np.random.Generator,
     num_steps: int,
@@ -226,7 +251,7 @@ def _smg_extras(
     """
     dim = own.shape[1]
     member = smg_profile.class_groups()
-    body = math.sqrt(1 - SMG_SHARED) * own + math.sqrt(SMG_SHARED) * groups[member]
+    body = _smg_bodies(own, groups)
     m = int(round(distractors * len(ft)))
     frames = smg_profile.quantile_sample(rng.random(m), smg_profile.DURATION_KNOTS)
     dur_steps = frames / smg_profile.SOURCE_FPS / step_s
@@ -377,8 +402,7 @@ def synth_feature_set(
         settings["amplitude"] = amplitude
     fs = FeatureSet.create(out / "features", "synthetic", settings)
     rng = np.random.default_rng(seed)
-    n_groups = len(smg_profile.GROUPS) if smg else 0
-    dirs = _directions(rng, 3 * classes + 2 + n_groups, dim)
+    dirs = _directions(rng, _num_directions(classes, smg), dim)
     if smg:
         class_p = smg_profile.class_probabilities()
         names = smg_profile.class_names()
