@@ -10,7 +10,9 @@ demo's config (configs/demo.toml), thresholds and best epochs chosen on val, sco
     pose     the pose feature set
     concat   both, `model.fusion = "concat"`
     gated    both, `model.fusion = "gated"` (a gated residual from pose into RGB)
-    +moddrop the two fusions trained with ModDrop (`model.stream_dropout = 0.3`)
+    pose+gated-rgb  the gated residual the other way: from RGB into pose (`--features POSE
+             --features RGB`: the first stream is the base)
+    +moddrop the fusions trained with ModDrop (`model.stream_dropout = 0.3`)
 
 Columns: f1_strict, f1_miga, mAP, recall per ground-truth duration bin; the mean over seeds with
 the f1_strict spread. Target: fused >= the best single stream.
@@ -53,6 +55,10 @@ RUNS: dict[str, tuple[tuple[str, ...], list[str]]] = {  # name -> (streams, over
     # ModDrop: each training window drops one stream with p 0.3 (p chosen before any run)
     "concat+moddrop": (("rgb", "pose"), ['model.fusion="concat"', "model.stream_dropout=0.3"]),
     "gated+moddrop": (("rgb", "pose"), ['model.fusion="gated"', "model.stream_dropout=0.3"]),
+    # The gated residual the other way round: RGB into pose (the first stream is the base).
+    "pose+gated-rgb": (("pose", "rgb"), ['model.fusion="gated"']),
+    "pose+gated-rgb+moddrop": (("pose", "rgb"),
+                               ['model.fusion="gated"', "model.stream_dropout=0.3"]),
 }
 KEYS = ("f1_strict", "f1_miga", "map")
 

@@ -9,17 +9,22 @@ k (at k / fps) shows the last source frame with time <= k / fps, i.e. frame floo
 Times are compared as exact fractions (`tick_indices`), so pose step i covers the same 10 fps
 frames [i * stride, (i + 1) * stride) as RGB feature step i, and has the same timestamp.
 
-Features per tick, from the common joints (N, J, 3) (x, y pixels, confidence; 0 = missing):
+Features per tick, from the common joints (N, J, 3) (x, y pixels, confidence; 0 = missing). Every
+tick's features use that tick and earlier ones only (causal), so a stream computes, tick by tick,
+exactly what the offline extraction writes (`PoseFeaturizer`), and no later frame changes an
+earlier feature:
 - centre: the neck; where it is missing, the midpoint of the two shoulders; where both are
-  missing, the last known centre carried forward (the first known one before it). Neck and
+  missing, the last known centre carried forward (before the first known one: none). Neck and
   shoulders rather than the hips: iMiGUE's players sit behind a table that hides their hips.
-- scale: the body size, one per video: the median over its ticks of the shoulder width (or,
-  where one shoulder is missing, twice the neck-to-shoulder distance), at least 1 pixel. A
-  per-video median keeps one bad frame from rescaling that frame.
-- position (J, 2): (joint - centre) / scale; 0 where the joint is missing.
+- scale: the body size, the running median over the ticks so far of the shoulder width (or,
+  where one shoulder is missing, twice the neck-to-shoulder distance), at least 1 pixel (before
+  the first measurable tick: none). A median keeps one bad frame from rescaling that frame; over
+  a whole video it settles on the video's body size.
+- position (J, 2): (joint - centre) / scale; 0 where the joint, the centre or the scale is
+  missing.
 - velocity (J, 2): (joint_k - joint_{k-1}) / scale, per 10 fps frame, from the un-centred
-  joints so that moving the whole body shows; 0 where the joint is missing at k or k - 1, and at
-  the first tick.
+  joints so that moving the whole body shows; 0 where the joint is missing at k or k - 1, where
+  the scale is, and at the first tick.
 - confidence (J,): the source's (Kinect 1 tracked / 0 not, OpenPose's score, BlazePose's
   visibility); 0 where missing.
 
@@ -36,6 +41,7 @@ major within each block:
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -82,43 +88,20 @@ def feature_names(joints: tuple[str, ...] = COMMON_JOINTS) -> list[str]:
     return pos + vel + [f"conf:{j}" for j in joints]
 
 
-def _fill(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """(N, 2) values with the unknown rows carried forward (leading ones: the first known)."""
-    idx = np.where(known, np.arange(len(known)), -1)
-    idx = np.maximum.accumulate(idx)
-    idx[idx < 0] = int(np.argmax(known))
-    return values[idx]
-
-
-def body_centre(points: np.ndarray, where: str) -> tuple[np.ndarray, int]:
-    """(N, J, 3) -> centre (N, 2) and how many ticks carried it (see the module doc)."""
+def _measure(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, J, 3) -> each tick's centre (n, 2) and body size (n,) where measurable (masks (n,))."""
     present = points[:, :, 2] > 0
-    r, lft = SHOULDERS
-    both = present[:, r] & present[:, lft]
-    centre = np.where(present[:, NECK, None], points[:, NECK, :2],
-                      (points[:, r, :2] + points[:, lft, :2]) / 2)
-    known = present[:, NECK] | both
-    if not known.any():
-        raise PoseError(f"{where}: no frame shows the neck or both shoulders; the pose cannot be "
-                        "centred")
-    return _fill(centre, known), int((~known).sum())
-
-
-def body_scale(points: np.ndarray, where: str) -> float:
-    """(N, J, 3) -> the video's body size in pixels (see the module doc)."""
-    present = points[:, :, 2] > 0
-    r, lft = SHOULDERS
     xy = points[:, :, :2]
+    r, lft = SHOULDERS
     both = present[:, r] & present[:, lft]
-    sizes = [np.linalg.norm(xy[both, r] - xy[both, lft], axis=1)]
+    centre = np.where(present[:, NECK, None], xy[:, NECK], (xy[:, r] + xy[:, lft]) / 2)
+    has_centre = present[:, NECK] | both
+    size = np.full(len(points), np.nan)
+    size[both] = np.linalg.norm(xy[both, r] - xy[both, lft], axis=1)
     for s, other in ((r, lft), (lft, r)):
         one = present[:, s] & ~present[:, other] & present[:, NECK]
-        sizes.append(2 * np.linalg.norm(xy[one, s] - xy[one, NECK], axis=1))
-    size = np.concatenate(sizes)
-    if size.size == 0:
-        raise PoseError(f"{where}: no frame shows both shoulders, or the neck and a shoulder; "
-                        "the body size is unknown")
-    return max(float(np.median(size)), MIN_SCALE_PX)
+        size[one] = 2 * np.linalg.norm(xy[one, s] - xy[one, NECK], axis=1)
+    return centre, has_centre, size
 
 
 @dataclass
@@ -134,46 +117,133 @@ def _step_mean(values: np.ndarray, valid: np.ndarray, steps: int, stride: int) -
     """(N, J, D) values averaged over each step's valid ticks -> (T, J, D); 0 where none."""
     n = steps * stride
     v = values[:n].reshape(steps, stride, *values.shape[1:])
-    w = valid[:n].reshape(steps, stride, -1, 1).astype(np.float64)
+    w = valid[:n].reshape(steps, stride, valid.shape[1], 1).astype(np.float64)
     total = (v * w).sum(axis=1)
     count = w.sum(axis=1)
     return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
 
+class PoseFeaturizer:
+    """Per-step pose features from ticks as they arrive (see the module doc): `push` ticks in
+    any batches, get the steps they complete. The state carried between pushes is what the
+    features of later ticks need from earlier ones: the last centre, the sizes so far (for the
+    running median), the previous tick (for velocity) and the ticks of an unfinished step."""
+
+    def __init__(self, stride: int, joints: int = len(COMMON_JOINTS)) -> None:
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.stride, self.joints = stride, joints
+        self._centre: np.ndarray | None = None
+        self._sizes: list[float] = []  # sorted
+        self._prev: np.ndarray | None = None  # (J, 3) the previous tick
+        # The ticks of the unfinished step: position, its mask, velocity, its mask, confidence.
+        self._pending: tuple[np.ndarray, ...] | None = None
+        self.ticks = 0
+        self.steps = 0
+        self.without_person = 0
+        self.centre_carried = 0
+        self.before_centre = 0
+        self.before_scale = 0
+        self.missing = np.zeros(joints, np.int64)
+
+    @property
+    def scale(self) -> float | None:
+        """The running median body size in pixels (None before a tick could measure it)."""
+        n = len(self._sizes)
+        if n == 0:
+            return None
+        return max((self._sizes[(n - 1) // 2] + self._sizes[n // 2]) / 2, MIN_SCALE_PX)
+
+    def _centres_and_scales(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each tick's centre (n, 2) and scale (n,), NaN where not known yet; updates the state."""
+        centre, has_centre, size = _measure(points)
+        centres = np.full((len(points), 2), np.nan)
+        scales = np.full(len(points), np.nan)
+        for k in range(len(points)):
+            if has_centre[k]:
+                self._centre = centre[k]
+            elif self._centre is not None:
+                self.centre_carried += 1
+            if self._centre is not None:
+                centres[k] = self._centre
+            if not np.isnan(size[k]):
+                bisect.insort(self._sizes, float(size[k]))
+            scale = self.scale
+            scales[k] = np.nan if scale is None else scale
+        self.before_centre += int(np.isnan(centres[:, 0]).sum())
+        self.before_scale += int(np.isnan(scales).sum())
+        return centres, scales
+
+    def push(self, points: np.ndarray) -> np.ndarray:
+        """(n, J, 3) the next ticks' joints -> (m, 5J) float32 features of the m steps they
+        complete (m may be 0)."""
+        points = np.asarray(points, np.float64).reshape(-1, self.joints, 3)
+        n = len(points)
+        if n == 0:
+            return np.zeros((0, 5 * self.joints), np.float32)
+        present = points[:, :, 2] > 0
+        centres, scales = self._centres_and_scales(points)
+        known = ~np.isnan(scales)
+        safe = np.where(known, scales, 1.0)[:, None, None]
+        pos = (points[:, :, :2] - np.nan_to_num(centres)[:, None]) / safe
+        pos_ok = present & known[:, None] & ~np.isnan(centres[:, :1])
+        before = np.concatenate([self._prev[None] if self._prev is not None
+                                 else np.zeros((1, self.joints, 3)), points[:-1]])
+        vel = (points[:, :, :2] - before[:, :, :2]) / safe
+        vel_ok = present & (before[:, :, 2] > 0) & known[:, None]
+        conf = np.where(present, points[:, :, 2], 0.0)
+        self._prev = points[-1].copy()
+        self.ticks += n
+        self.without_person += int((~present).all(axis=1).sum())
+        self.missing += (~present).sum(axis=0)
+        new = (pos, pos_ok, vel, vel_ok, conf)
+        if self._pending is not None:
+            new = tuple(np.concatenate([a, b]) for a, b in zip(self._pending, new, strict=True))
+        pos, pos_ok, vel, vel_ok, conf = new
+        done = len(pos) // self.stride
+        self._pending = tuple(a[done * self.stride :] for a in new)
+        self.steps += done
+        J = self.joints
+        return np.concatenate([
+            _step_mean(pos, pos_ok, done, self.stride).reshape(done, 2 * J),
+            _step_mean(vel, vel_ok, done, self.stride).reshape(done, 2 * J),
+            conf[: done * self.stride].reshape(done, self.stride, J).mean(axis=1),
+        ], axis=1).astype(np.float32)
+
+    def counts(self, joint_names: tuple[str, ...] = COMMON_JOINTS) -> dict[str, Any]:
+        """What was missing so far (the feature set's per-video "pose" record)."""
+        scale = self.scale
+        return {
+            "ticks": self.ticks,
+            "steps": self.steps,
+            "ticks_without_person": self.without_person,
+            "ticks_centre_carried": self.centre_carried,
+            "ticks_before_centre": self.before_centre,
+            "ticks_before_scale": self.before_scale,
+            "missing_joint_ticks": dict(zip(joint_names, map(int, self.missing), strict=True)),
+            "scale_px": None if scale is None else round(scale, 4),
+        }
+
+
 def step_features(points: np.ndarray, stride: int, where: str) -> PoseSteps:
-    """(N, J, 3) common joints at the ticks -> PoseSteps with (N // stride, 5J) features.
+    """(N, J, 3) common joints at the ticks -> PoseSteps with (N // stride, 5J) features, the
+    features a `PoseFeaturizer` gives tick by tick.
 
     `where` names the source in errors (PoseError: too short, nobody to centre or scale)."""
     points = np.asarray(points, np.float64)
     if points.ndim != 3 or points.shape[1:] != (len(COMMON_JOINTS), 3):
         raise ValueError(f"{where}: points must be (N, {len(COMMON_JOINTS)}, 3), got "
                          f"{points.shape}")
-    n, j, _ = points.shape
-    steps = n // stride
-    if steps == 0:
+    n = len(points)
+    if n // stride == 0:
         raise PoseError(f"{where}: too short for one feature ({n} ticks; a feature needs "
                         f"{stride})")
-    present = points[:, :, 2] > 0
-    centre, carried = body_centre(points, where)
-    scale = body_scale(points, where)
-    pos = (points[:, :, :2] - centre[:, None]) / scale
-    vel = np.zeros_like(pos)
-    vel[1:] = (points[1:, :, :2] - points[:-1, :, :2]) / scale
-    moving = np.zeros_like(present)
-    moving[1:] = present[1:] & present[:-1]
-    conf = np.where(present, points[:, :, 2], 0.0)
-    feats = np.concatenate([
-        _step_mean(pos, present, steps, stride).reshape(steps, 2 * j),
-        _step_mean(vel, moving, steps, stride).reshape(steps, 2 * j),
-        conf[:steps * stride].reshape(steps, stride, j).mean(axis=1),
-    ], axis=1).astype(np.float32)
-    missing = (~present).sum(axis=0)
-    counts = {
-        "ticks": int(n),
-        "steps": int(steps),
-        "ticks_without_person": int((~present).all(axis=1).sum()),
-        "ticks_centre_carried": carried,
-        "missing_joint_ticks": dict(zip(COMMON_JOINTS, map(int, missing), strict=True)),
-        "scale_px": round(scale, 4),
-    }
-    return PoseSteps(features=feats, scale=scale, counts=counts)
+    f = PoseFeaturizer(stride)
+    feats = f.push(points)
+    if f.before_centre == n:
+        raise PoseError(f"{where}: no frame shows the neck or both shoulders; the pose cannot be "
+                        "centred")
+    if f.scale is None:
+        raise PoseError(f"{where}: no frame shows both shoulders, or the neck and a shoulder; "
+                        "the body size is unknown")
+    return PoseSteps(features=feats, scale=f.scale, counts=f.counts())

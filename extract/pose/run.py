@@ -69,7 +69,7 @@ from extract.provenance import mgdet_version
 from extract.runtime import dist_rank
 
 # Bump when the features computed from the same joints change: the key changes with it.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 IMIGUE_FPS = 25.0
 JOINT_SETS = ("common",)
 
@@ -245,8 +245,8 @@ def pose_settings(source: PoseSource, fps: float, stride: int, joints: str = "co
         "channels": "position(J,2),velocity(J,2),confidence(J)",
         "coords": "image-xy-pixels",
         "sampling": "last-frame-with-time<=k/fps",
-        "centre": "neck|mid-shoulders|carried",
-        "scale": "median-shoulder-width-per-video",
+        "centre": "neck|mid-shoulders|carried-forward",
+        "scale": "running-median-shoulder-width",
         "dtype": "float32",
         "features_version": FEATURES_VERSION,
         "source": source.settings(),
