@@ -34,7 +34,7 @@ def write_run_files(
     extra: dict | None = None
 ) -> None:
     """config.toml and run.json. A run on several feature sets (streams) records each of them
-    in "feature_sets", in stream order; "feature_set" is the first (RGB) one."""
+    in "feature_sets", in stream order; "feature_set" is the first one."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / CONFIG_FILE, to_toml(config_to_dict(cfg)).encode())
     records = [_set_record(fs) for fs in component_sets(feature_set)]
@@ -79,14 +79,25 @@ def read_run(run: Path) -> tuple[Config, dict[str, Any]]:
     return load_config(run / CONFIG_FILE), info
 
 
-def _recorded_sets(info: dict[str, Any]) -> list[dict[str, Any]]:
+def recorded_sets(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of the feature sets a run was trained on, in stream order."""
     return list(info.get("feature_sets") or [info["feature_set"]])
+
+
+def video_set_index(info: dict[str, Any]) -> int:
+    """Which of a run's feature sets stage one made from the videos (the RGB stream, whatever
+    its place in the stream order; the others are pose): the first whose settings name a frame
+    size, else 0."""
+    for i, rec in enumerate(recorded_sets(info)):
+        if "short_side" in rec.get("settings", {}):
+            return i
+    return 0
 
 
 def check_feature_set(run: Path, info: dict[str, Any], fs: FeatureSet | FeatureStreams) -> None:
     """RunError unless `fs` is the feature set (or the streams, in order) the run was trained on
     (by key)."""
-    trained = [r["key"] for r in _recorded_sets(info)]
+    trained = [r["key"] for r in recorded_sets(info)]
     given = [s.key for s in component_sets(fs)]
     if given != trained:
         what = "feature set" if len(trained) == 1 else "feature sets"
@@ -96,7 +107,7 @@ def check_feature_set(run: Path, info: dict[str, Any], fs: FeatureSet | FeatureS
 
 def run_feature_set(run: Path, info: dict[str, Any]) -> FeatureSet | FeatureStreams:
     """The feature set (or streams) a run was trained on, checked to be unchanged since."""
-    sets = [FeatureSet.open(Path(r["path"])) for r in _recorded_sets(info)]
+    sets = [FeatureSet.open(Path(r["path"])) for r in recorded_sets(info)]
     fs = sets[0] if len(sets) == 1 else FeatureStreams(sets)
     check_feature_set(run, info, fs)
     return fs
@@ -104,7 +115,7 @@ def run_feature_set(run: Path, info: dict[str, Any]) -> FeatureSet | FeatureStre
 
 def is_multi_stream(info: dict[str, Any]) -> bool:
     """Whether the run was trained on several feature sets (e.g. RGB + pose)."""
-    return len(_recorded_sets(info)) > 1
+    return len(recorded_sets(info)) > 1
 
 
 def score_threshold(cfg: Config, checkpoint: dict[str, Any], run: Path | str = "run") -> float:
@@ -126,8 +137,8 @@ def score_threshold(cfg: Config, checkpoint: dict[str, Any], run: Path | str = "
 
 def features_provenance(info: dict[str, Any]) -> list[tuple[str, str]]:
     """What made a run's features, as (name, value) rows for people: backbone, weights and their
-    digest, frame rate, stride, resolution, layers and dtype (run.json's feature_set)."""
-    fs = info["feature_set"]
+    digest, frame rate, stride, resolution, layers and dtype (run.json's RGB feature set)."""
+    fs = recorded_sets(info)[video_set_index(info)]
     s = fs.get("settings") or {}
     w = fs.get("weights") or {}
     weights = str(w.get("label") or s.get("weights") or "?")
@@ -152,7 +163,7 @@ def features_provenance(info: dict[str, Any]) -> list[tuple[str, str]]:
 def random_weights_warning(info: dict[str, Any]) -> str | None:
     """One loud line when a run's features came from a randomly initialised backbone, else None:
     its scores then say nothing about real gestures, whatever they look like."""
-    fs = info["feature_set"]
+    fs = recorded_sets(info)[video_set_index(info)]
     label = (fs.get("weights") or {}).get("label")
     if label != "random" and (fs.get("settings") or {}).get("weights") != "random":
         return None

@@ -8,10 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from detect.__main__ import app
+from detect.apps.predict import predict_videos
 from detect.config import load_config
 from detect.model.build import build_model
 from extract.cache import CacheError, FeatureSet, write_video
+from extract.pipeline import run_extraction, video_id_from_path
 from extract.streams import FeatureStreams, open_features
 
 PYR = ['model.arch="pyramid"', "model.hidden_dim=16", "model.pyramid.levels=3",
@@ -125,7 +129,6 @@ def test_rendered_videos_give_rgb_and_pose_streams_on_one_grid(tmp_path):
     from detect.train.loop import train
     from extract.config import ExtractConfig
     from extract.io import RunError
-    from extract.pipeline import run_extraction, video_id_from_path
     from extract.pose.run import KinectSource, run_pose_extraction
 
     data = tmp_path / "data"
@@ -140,30 +143,68 @@ def test_rendered_videos_give_rgb_and_pose_streams_on_one_grid(tmp_path):
         v = st.load(vid)  # raises unless both give the same steps at the same timestamps
         assert v.features.shape[1] == st.dims(vid)[0] + 85
     assert len(st.video_ids()) == 4
+    # Threshold 0: every detection, so the comparisons below cannot pass on empty sets.
     cfg = load_config(None, [*PYR, "data.window=16", "train.epochs=2", "train.batch_size=4",
-                             "train.device=cpu", 'model.fusion="gated"'])
-    train(cfg, [rgb.featureset, pose.featureset], data / "annotations.json", tmp_path / "run",
-          progress=False)
-    info = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert info["feature_sets"][1]["settings"]["model"] == "kinect-v2-25"
-    # predict extracts both streams of new videos (the skeleton beside each) with the run's
-    # recorded settings, and gives what eval gives on the cached sets.
-    from detect.apps.predict import predict_videos
-    from detect.evaluation.evaluate import evaluate_run
-
-    evaluate_run(tmp_path / "run", "test", progress=False)
-    expected = json.loads((tmp_path / "run" / "predictions.json").read_text())["results"]
-    videos = [data / v / f"{v}_color.mp4" for v in sorted(expected)]
-    predict_videos(videos, tmp_path / "run", tmp_path / "pred", progress=False,
-                   id_fn=video_id_from_path)
-    got = json.loads((tmp_path / "pred" / "predictions.json").read_text())["results"]
-    assert got == expected
+                             "train.device=cpu", 'model.fusion="gated"',
+                             "eval.score_threshold=0.0"])
+    # Either stream order (the first is the gated residual's base): RGB + pose, pose + RGB.
+    for name, order in (("run", [rgb.featureset, pose.featureset]),
+                        ("pose-first", [pose.featureset, rgb.featureset])):
+        run = tmp_path / name
+        train(cfg, order, data / "annotations.json", run, progress=False)
+        info = json.loads((run / "run.json").read_text())
+        models = [r["settings"]["model"] for r in info["feature_sets"]]
+        pose_at = 1 if name == "run" else 0
+        assert models[pose_at] == "kinect-v2-25" and models[1 - pose_at] == "i3d_r50"
+        videos = predict_equals_eval(run, data, tmp_path / f"pred-{name}")
+        stream_equals_predict(run, videos[0], tmp_path / f"pred-{name}", tmp_path / name)
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "Sample0099_color.mp4").write_bytes(videos[0].read_bytes())
     with pytest.raises(RunError, match="no Sample0099_skeleton.csv beside"):
         predict_videos([lone / "Sample0099_color.mp4"], tmp_path / "run", tmp_path / "p2",
                        progress=False, id_fn=video_id_from_path)
+    r = CliRunner().invoke(app, ["stream", str(lone / "Sample0099_color.mp4"), "--run",
+                                 str(tmp_path / "run"), "--out", str(tmp_path / "l.jsonl"),
+                                 "--quiet"])
+    assert r.exit_code == 2 and "no Sample0099_skeleton.csv beside" in r.output
+    assert not (tmp_path / "l.jsonl").exists()  # refused before the source was opened
+
+
+def predict_equals_eval(run, data, out):
+    """predict extracts every stream of new videos (the skeleton beside each) with the run's
+    recorded settings, in the run's order, and gives what eval gives on the cached sets; the
+    test videos."""
+    from detect.evaluation.evaluate import evaluate_run
+
+    evaluate_run(run, "test", progress=False)
+    expected = json.loads((run / "predictions.json").read_text())["results"]
+    videos = [data / v / f"{v}_color.mp4" for v in sorted(expected)]
+    predict_videos(videos, run, out, progress=False, id_fn=video_id_from_path)
+    assert json.loads((out / "predictions.json").read_text())["results"] == expected
+    return videos
+
+
+def stream_equals_predict(run, video, pred, tmp_path) -> None:
+    """`detect stream` of a video through an RGB + pose run: the pose steps come from the
+    skeleton beside it as the frames arrive, and the detections equal predict's (in `pred`) up
+    to the last window (where offline ends a window at the video's end)."""
+    offline = json.loads((pred / "predictions.json").read_text())["results"][video.parent.name]
+    out = tmp_path / "s.jsonl"
+    r = CliRunner().invoke(app, ["stream", str(video), "--run", str(run), "--out", str(out),
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    got = {(d["label"], round(d["start"], 4), round(d["end"], 4), round(d["score"], 5))
+           for d in map(json.loads, out.read_text().splitlines())}
+    want = {(d["label_id"], round(d["segment"][0], 4), round(d["segment"][1], 4),
+             round(d["score"], 5)) for d in offline}
+    record = json.loads(out.with_suffix(".json").read_text())
+    tail_start = (record["frames"] // 4 - 16) * 0.4
+    early = {d for d in want if d[2] <= tail_start}
+    assert early and {d for d in got if d[2] <= tail_start} == early
+    (feed,) = record["pose_streams"]
+    assert feed["model"] == "kinect-v2-25" and feed["padded_ticks"] == 0
+    assert feed["pose"]["steps"] == record["frames"] // 4
 
 
 @pytest.mark.parametrize("fusion", ["concat", "gated"])

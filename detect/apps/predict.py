@@ -25,7 +25,9 @@ from detect.runs import (
     check_feature_set,
     is_multi_stream,
     read_run,
+    recorded_sets,
     score_threshold,
+    video_set_index,
 )
 from extract.cache import FEATURESET_FILE, FeatureSet, read_meta, settings_key
 from extract.config import ExtractConfig
@@ -51,16 +53,11 @@ class RunFeatures:
     where: str
 
 
-def run_features(run: Path, info: dict[str, Any], streams: bool = False) -> RunFeatures:
-    """From the run's (first, RGB) feature set while it is where training found it (its key
-    checked), else from run.json alone: predict and stream need only the run. A run on several
-    feature sets is refused unless `streams` (the caller extracts the others: `pose_streams`)."""
-    if is_multi_stream(info) and not streams:
-        keys = ", ".join(r["key"] for r in info["feature_sets"])
-        raise RunError(
-            f"{run}: trained on several feature sets ({keys}); `stream` extracts only the RGB "
-            "stream from a live source, so it cannot feed this run yet (`predict` can)")
-    recorded = info["feature_set"]
+def run_features(run: Path, info: dict[str, Any]) -> RunFeatures:
+    """From the run's RGB feature set (`video_set_index`) while it is where training found it
+    (its key checked), else from run.json alone: predict and stream need only the run. For a run
+    on several feature sets the caller extracts the others (`pose_streams`, `pose_feeds`)."""
+    recorded = recorded_sets(info)[video_set_index(info)]
     path = Path(recorded["path"])
     if (path / FEATURESET_FILE).is_file():
         fs = FeatureSet.open(path)
@@ -124,38 +121,54 @@ def _mismatch(weights: str, ours: dict[str, Any], theirs: dict[str, Any], where:
             "predict with other features than the detector was trained on")
 
 
-def pose_streams(run: Path, info: dict[str, Any], videos: dict[str, Path], out: Path,
-                 progress: bool = True) -> list[FeatureSet]:
-    """The pose streams of a run on several feature sets, extracted for `videos` (id -> file)
-    with the settings recorded in run.json: SMG skeletons (`SampleXXXX_skeleton.csv` beside each
-    video) or BlazePose on the video. RunError when a video has no skeleton, the pose model is
-    one predict cannot run here, or the settings here would give other features."""
-    from extract.pose.run import KinectFiles, VideoSource, run_pose_extraction
+def pose_source(run: Path, rec: dict[str, Any], videos: dict[str, Path]) -> Any:
+    """The `PoseSource` that reproduces one recorded pose stream of a run for `videos` (id ->
+    file): SMG skeletons (`SampleXXXX_skeleton.csv` beside each video) or BlazePose on the
+    videos; RunError when a video has no skeleton, the pose model is one that cannot run here,
+    or the settings here would give other features than the recorded ones."""
+    from extract.pose.run import KinectFiles, VideoSource, pose_settings
 
-    sets = []
-    for rec in info["feature_sets"][1:]:
+    s = rec["settings"]
+    model = s.get("model")
+    source: Any
+    if model == "kinect-v2-25":
+        source = KinectFiles(_skeletons_beside(videos),
+                             s.get("source", {}).get("fallback_source_fps"))
+    elif model == "blazepose-33-full":
+        from extract.pose.mediapipe_pose import BlazePose
+
+        source = VideoSource(list(videos.values()), BlazePose())
+    else:
+        raise RunError(f"{run}: its stream {rec['key']} comes from {model!r} keypoints; "
+                       "predict and stream read SMG skeletons beside the videos or run BlazePose, "
+                       "not that: evaluate the run on its feature sets with `detect eval`")
+    name, settings = pose_settings(source, float(s["fps"]), int(s["stride"]))
+    if settings_key(name, settings) != rec["key"]:
+        raise RunError(_mismatch(str(model), settings, s, f"{run}/{RUN_FILE}"))
+    return source
+
+
+def pose_records(info: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(place in the stream order, record) of each pose stream of a run (none for RGB only)."""
+    rgb = video_set_index(info)
+    return [(i, rec) for i, rec in enumerate(recorded_sets(info)) if i != rgb]
+
+
+def pose_streams(run: Path, info: dict[str, Any], rgb: FeatureSet, videos: dict[str, Path],
+                 out: Path, progress: bool = True) -> FeatureStreams:
+    """The run's streams for `videos` (id -> file), in its order: `rgb` (extracted by the caller)
+    and each pose stream extracted with the settings recorded in run.json (`pose_source`)."""
+    from extract.pose.run import run_pose_extraction
+
+    sets = [rgb] * len(recorded_sets(info))
+    for i, rec in pose_records(info):
         s = rec["settings"]
-        model = s.get("model")
-        if model == "kinect-v2-25":
-            source: Any = KinectFiles(_skeletons_beside(videos),
-                                      s.get("source", {}).get("fallback_source_fps"))
-        elif model == "blazepose-33-full":
-            from extract.pose.mediapipe_pose import BlazePose
-
-            source = VideoSource(list(videos.values()), BlazePose())
-        else:
-            raise RunError(f"{run}: its stream {rec['key']} comes from {model!r} keypoints; "
-                           "predict can read SMG skeletons beside the videos or run BlazePose, "
-                           "not that: evaluate the run on its feature sets with `detect eval`")
-        summary = run_pose_extraction(source, out, float(s["fps"]), int(s["stride"]),
-                                      progress=progress)
-        fs = FeatureSet.open(summary.featureset)
-        if fs.key != rec["key"]:
-            raise RunError(_mismatch(str(model), fs.settings, s, f"{run}/{RUN_FILE}"))
+        summary = run_pose_extraction(pose_source(run, rec, videos), out, float(s["fps"]),
+                                      int(s["stride"]), progress=progress)
         if summary.failed:
             raise RunError(f"pose extraction failed: {summary.failed}")
-        sets.append(fs)
-    return sets
+        sets[i] = FeatureSet.open(summary.featureset)
+    return FeatureStreams(sets)
 
 
 def _skeletons_beside(videos: dict[str, Path]) -> dict[str, Path]:
@@ -206,7 +219,7 @@ def predict_videos(
     device = resolve_device(cfg.train.device)
     model, ck = load_run_model(run, device)
     threshold = score_threshold(cfg, ck, run)  # a run that cannot predict is refused first
-    ecfg, _ = backbone_for(run_features(run, info, streams=True))
+    ecfg, _ = backbone_for(run_features(run, info))
     created = [d for d in (out, out / "features") if not d.exists()]
     summary = run_extraction(videos, out / "features", ecfg, id_fn=id_fn, progress=progress)
     if summary.failed:
@@ -215,8 +228,7 @@ def predict_videos(
     done = [v for v in [*summary.done, *summary.skipped] if fs.has(v)]
     if done and is_multi_stream(info):
         ids = assign_ids(find_videos(videos), id_fn)
-        fs = FeatureStreams([fs, *pose_streams(run, info, {v: ids[v] for v in done},
-                                               out / "features", progress)])
+        fs = pose_streams(run, info, fs, {v: ids[v] for v in done}, out / "features", progress)
     if not done:
         if not fs.video_ids():  # a set this call made for nothing: leave no trace of it
             shutil.rmtree(fs.path)

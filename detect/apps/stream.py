@@ -21,6 +21,9 @@ SOURCE is a video file, a camera (`/dev/video0`, through FFmpeg's v4l2) or any U
     is final about W - hop steps after its end, so a smaller `--hop` emits later, not sooner
     (bench/results/online-cpu.md: median 17.7 s at hop W/2, 24.7 s at hop W/16); only the
     causal mode reports within seconds.
+- A run on RGB + pose (`train --features RGB --features POSE`) gets its pose steps beside the
+  RGB ones from a video file: the SMG skeleton beside it or BlazePose on it, through the causal
+  pose features (detect/apps/pose_feed.py); a live source is refused for such a run.
 - Output: one JSON line per detection on stdout and in `--out` (default
   RUN/stream/<source>-<UTC time>.jsonl): class, label, start, end, score, emitted_at,
   source_time (FIELDS below). Next to it, `<same name>.json` records the run, source, mode and
@@ -67,6 +70,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 import torch
 
+from detect.apps.pose_feed import PoseFeed, join_steps, pose_feeds
 from detect.apps.predict import RunFeatures, backbone_for, run_features
 from detect.data.windows import horizon_steps, window_step
 from detect.inference.causal import CausalDetector, CausalSettings, Decider
@@ -202,6 +206,7 @@ class _Setup:
     ck: dict[str, Any]
     threshold: float
     device: torch.device
+    pose: list[PoseFeed] = field(default_factory=list)  # an RGB + pose run's pose streams
 
     @property
     def mode(self) -> str:
@@ -249,10 +254,10 @@ def _threshold(cfg: Any, ck: dict[str, Any], run: Path, mode: str, opts: StreamO
     return float(score_threshold(cfg, ck, run))
 
 
-def _prepare(run: Path, opts: StreamOptions) -> _Setup:
-    """Stage one with the run's extraction settings and weights (built once), stage two with its
-    best checkpoint in the chosen mode; RunError for a run or options this command cannot
-    use."""
+def _prepare(run: Path, opts: StreamOptions, source: str) -> _Setup:
+    """Stage one with the run's extraction settings and weights (built once), the pose streams
+    of an RGB + pose run (detect/apps/pose_feed.py), stage two with its best checkpoint in the
+    chosen mode; RunError for a run, source or options this command cannot use."""
     cfg, info = read_run(run)
     if cfg.mode != "features":
         raise RunError(f"{run}: an end-to-end run; streaming needs a run trained on cached "
@@ -271,7 +276,8 @@ def _prepare(run: Path, opts: StreamOptions) -> _Setup:
     except ValueError as e:
         flags = "--every" if mode == CAUSAL else "--hop"
         raise RunError(f"{e} (--window, {flags}, --chunk-frames)") from e
-    return _Setup(cfg, ecfg, features, extractor, settings, model, ck, threshold, device)
+    pose = pose_feeds(run, info, source)
+    return _Setup(cfg, ecfg, features, extractor, settings, model, ck, threshold, device, pose)
 
 
 def _detector(s: _Setup, result: StreamResult) -> _Detector:
@@ -347,6 +353,8 @@ def _pump(s: _Setup, frames_src: FrameStream, frames: _Frames, online: _Detector
             r5 = r5.astype(cache_dtype).astype(np.float32)  # as the cache stores them
             if r4 is not None:
                 r4 = r4.astype(cache_dtype).astype(np.float32)
+            if s.pose:  # the same steps of each pose stream, in the run's stream order
+                r5 = join_steps(r5, s.pose)
             write(online.push(r5, r4 if s.cfg.data.use_res4 else None))
             bar.set_postfix(detections=result.detections, refresh=False)
         result.exit_code, result.message = _outcome(frames, s.ecfg.fps)
@@ -424,7 +432,7 @@ def stream(source: str, run: Path, out: Path | None = None,
     source is opened."""
     opts = options or StreamOptions()
     run = Path(run)
-    s = _prepare(run, opts)
+    s = _prepare(run, opts, source)
     out = Path(out) if out is not None else default_out(run, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     record_path = out.with_suffix(".json")
@@ -454,9 +462,13 @@ def stream(source: str, run: Path, out: Path | None = None,
             _pump(s, frames_src, frames, online, write, bar, result)
     finally:
         frames_src.close()
+        for feed in s.pose:
+            feed.close()
         bar.close()
         result.frames = frames.count
         result.seconds = time.monotonic() - t_start
         record.update(_closing_record(result, ecfg.fps))
+        if s.pose:
+            record["pose_streams"] = [feed.record() for feed in s.pose]
         atomic_write_json(record_path, record)
     return result

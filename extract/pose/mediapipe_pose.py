@@ -20,12 +20,13 @@ the whole person.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from extract.decode import DecodeResult, DecodeSettings, FrameStream
 from extract.pose import PoseError
@@ -66,23 +67,33 @@ def blazepose_points(landmarks: np.ndarray, width: int, height: int) -> np.ndarr
     return out
 
 
+def frame_points(frames: Iterable[torch.Tensor], frame_fn: FrameFn) -> Iterator[np.ndarray]:
+    """(33, 3) x, y pixels and visibility of each frame of the chunks (n, H, W, 3), as they come
+    (all zeros where nobody is found)."""
+    for chunk in frames:
+        for frame in chunk.numpy():
+            lm = frame_fn(np.ascontiguousarray(frame))
+            lm = np.zeros((NUM_LANDMARKS, 4), np.float32) if lm is None else lm
+            yield blazepose_points(np.asarray(lm, np.float32)[None], frame.shape[1],
+                                   frame.shape[0])[0]
+
+
+def source_size_frames(path: Path | str, fps: float) -> FrameStream:
+    """`path` decoded at `fps`, uncropped, at the source size (BlazePose's input)."""
+    # A chunk of 1080p frames is 100 MB, so keep few of them queued.
+    return FrameStream(path, DecodeSettings(fps=fps, short_side=0, crop=0), chunk=8,
+                       max_chunks=2)
+
+
 def video_points(path: Path, fps: float, estimator: PoseEstimator
                  ) -> tuple[np.ndarray, DecodeResult]:
     """Decode `path` at `fps` and run `estimator` on every frame -> ((N, 33, 3) x, y pixels and
     visibility, the decoding result). DecodeError for a video that cannot be read."""
-    # Frames at the source size: a chunk of 1080p frames is 100 MB, so keep few of them queued.
-    stream = FrameStream(path, DecodeSettings(fps=fps, short_side=0, crop=0), chunk=8,
-                         max_chunks=2)
-    rows: list[np.ndarray] = []
+    stream = source_size_frames(path, fps)
     with estimator.tracker() as frame_fn, stream:
-        for chunk in stream:
-            for frame in chunk.numpy():
-                lm = frame_fn(np.ascontiguousarray(frame))
-                rows.append(np.zeros((NUM_LANDMARKS, 4), np.float32) if lm is None
-                            else np.asarray(lm, np.float32))
-    res = stream.result
-    landmarks = np.stack(rows) if rows else np.zeros((0, NUM_LANDMARKS, 4), np.float32)
-    return blazepose_points(landmarks, res.width, res.height), res
+        rows = list(frame_points(stream, frame_fn))
+    points = np.stack(rows) if rows else np.zeros((0, NUM_LANDMARKS, 3), np.float32)
+    return points, stream.result
 
 
 def _import_mediapipe() -> Any:
