@@ -109,3 +109,58 @@ def test_a_video_nobody_can_centre_or_scale_is_an_error():
         step_features(no_size, 4, "clip.csv")
     with pytest.raises(PoseError, match="too short"):
         step_features(pts[:3], 4, "clip.csv")
+
+
+class MovingFakePose:
+    """A pose estimator whose figure moves and grows a little every frame (no mediapipe)."""
+
+    weights = "fake-blazepose"
+    weights_sha256 = "0" * 64
+
+    def settings(self):
+        return {"fake": "moving"}
+
+    def tracker(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def track():
+            frame = [0]
+
+            def fn(image):
+                k = frame[0]
+                frame[0] += 1
+                lm = np.zeros((33, 4), np.float32)
+                lm[:, :2] = 0.5 + 0.01 * np.sin(np.arange(33) + k)[:, None]
+                lm[:, 3] = 0.9
+                lm[11, :2], lm[12, :2] = (0.6 + 0.002 * k, 0.4), (0.4, 0.4)  # the shoulders
+                return None if k == 3 else lm  # nobody at frame 3
+
+            yield fn
+
+        return track()
+
+
+def test_the_streamed_blazepose_feed_equals_the_offline_extraction(tmp_path):
+    """`detect stream`'s BlazePose feed (frames decoded beside stage one, causal features step
+    by step) gives the steps `extract pose` writes for the same video."""
+    from detect.apps.pose_feed import PoseFeed, _blazepose_ticks
+    from extract.cache import FeatureSet
+    from extract.pose.joints import BLAZEPOSE
+    from extract.pose.run import VideoSource, run_pose_extraction
+    from tests.videos import write_noise_video
+
+    (tmp_path / "v").mkdir()
+    video = write_noise_video(tmp_path / "v" / "clip.mp4", 3.0, fps=25)
+    s = run_pose_extraction(VideoSource([video], MovingFakePose()), tmp_path / "out",
+                            progress=False)
+    want = FeatureSet.open(s.featureset).load("clip").features
+    feed = PoseFeed(1, "k", "blazepose-33-full",
+                    _blazepose_ticks(video, 10.0, MovingFakePose(), BLAZEPOSE), 4)
+    got = np.concatenate([feed.take(2), feed.take(1), feed.take(len(want) - 3)])
+    feed.close()
+    np.testing.assert_array_equal(got, want)
+    assert feed.padded_ticks == 0 and len(np.unique(want[:, 0])) > 3  # it moves
+    # past the source's end: nobody (confidence 0), counted
+    extra = feed.take(2)
+    assert (extra[:, 4 * J :] == 0).all() and feed.padded_ticks == 8
