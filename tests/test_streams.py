@@ -185,7 +185,7 @@ def predict_equals_eval(run, data, out):
     return videos
 
 
-def stream_equals_predict(run, video, pred, tmp_path) -> None:
+def stream_equals_predict(run, video, pred, tmp_path, model: str = "kinect-v2-25") -> None:
     """`detect stream` of a video through an RGB + pose run: the pose steps come from the
     skeleton beside it as the frames arrive, and the detections equal predict's (in `pred`) up
     to the last window (where offline ends a window at the video's end)."""
@@ -203,8 +203,35 @@ def stream_equals_predict(run, video, pred, tmp_path) -> None:
     early = {d for d in want if d[2] <= tail_start}
     assert early and {d for d in got if d[2] <= tail_start} == early
     (feed,) = record["pose_streams"]
-    assert feed["model"] == "kinect-v2-25" and feed["padded_ticks"] == 0
+    assert feed["model"] == model and feed["padded_ticks"] == 0
     assert feed["pose"]["steps"] == record["frames"] // 4
+
+
+def test_a_blazepose_run_predicts_and_streams(tmp_path):
+    """With the `pose` extra: BlazePose on rendered videos as the pose stream; predict runs it on
+    new videos and stream on a second decoding of the file, both equal to eval's detections."""
+    pytest.importorskip("mediapipe")
+    from detect.synthetic.videos import render_dataset
+    from detect.train.loop import train
+    from extract.config import ExtractConfig
+    from extract.pose.mediapipe_pose import BlazePose
+    from extract.pose.run import VideoSource, run_pose_extraction
+
+    data = tmp_path / "data"
+    render_dataset(data, videos=4, minutes=0.3, classes=3, size=(256, 192), progress=False)
+    ecfg = ExtractConfig(weights="random", short_side=32, crop=32, device="cpu", chunk_frames=64)
+    rgb = run_extraction([data], tmp_path / "cache", ecfg, id_fn=video_id_from_path,
+                         progress=False)
+    pose = run_pose_extraction(VideoSource([data], BlazePose()), tmp_path / "cache",
+                               progress=False)
+    assert not rgb.failed and not pose.failed
+    cfg = load_config(None, [*PYR, "data.window=16", "train.epochs=2", "train.batch_size=4",
+                             "train.device=cpu", 'model.fusion="gated"',
+                             "eval.score_threshold=0.0"])
+    run = tmp_path / "run"
+    train(cfg, [rgb.featureset, pose.featureset], data / "annotations.json", run, progress=False)
+    videos = predict_equals_eval(run, data, tmp_path / "pred")
+    stream_equals_predict(run, videos[0], tmp_path / "pred", tmp_path, "blazepose-33-full")
 
 
 @pytest.mark.parametrize("fusion", ["concat", "gated"])
