@@ -13,6 +13,7 @@ demo's config (configs/demo.toml), thresholds and best epochs chosen on val, sco
     pose+gated-rgb  the gated residual the other way: from RGB into pose (`--features POSE
              --features RGB`: the first stream is the base)
     +moddrop the fusions trained with ModDrop (`model.stream_dropout = 0.3`)
+    closed   the gate nearly shut at the start (`model.gate_init = "closed"`)
 
 Columns: f1_strict, f1_miga, mAP, recall per ground-truth duration bin; the mean over seeds with
 the f1_strict spread. Target: fused >= the best single stream.
@@ -59,6 +60,9 @@ RUNS: dict[str, tuple[tuple[str, ...], list[str]]] = {  # name -> (streams, over
     "pose+gated-rgb": (("pose", "rgb"), ['model.fusion="gated"']),
     "pose+gated-rgb+moddrop": (("pose", "rgb"),
                                ['model.fusion="gated"', "model.stream_dropout=0.3"]),
+    # ... with the gate nearly shut at the start (model.gate_init = "closed")
+    "pose+gated-rgb closed": (("pose", "rgb"), ['model.fusion="gated"',
+                                                'model.gate_init="closed"']),
 }
 KEYS = ("f1_strict", "f1_miga", "map")
 

@@ -27,6 +27,7 @@ Mode = Literal["features", "e2e"]
 Mixing = Literal["lean", "full"]
 Arch = Literal["pointtad", "pyramid"]
 Fusion = Literal["concat", "gated"]
+GateInit = Literal["default", "closed"]
 PyramidEncoder = Literal["conv", "mamba"]
 IouLoss = Literal["iou", "giou", "diou"]
 QueryMixer = Literal["mamba_mhsa", "mhsa"]
@@ -131,6 +132,10 @@ class ModelConfig:
     # x = P0(rgb) + sigmoid(G[P0(rgb), P1(pose)]) * P1(pose) (a gated residual, the MiGA 2026
     # runner-up's skeleton fusion). One feature set: no fusion.
     fusion: Fusion = "concat"
+    # The gate's start with fusion "gated": "default" (PyTorch's init, sigmoid about 0.5), or
+    # "closed" (bias -4, sigmoid 0.018): the detector starts on the first stream alone and lets
+    # the others in only where training finds they help.
+    gate_init: GateInit = "default"
     # ModDrop (Neverova et al., multimodal gesture recognition): while training, each window
     # drops the first stream with probability p/2, else the other streams with p/2 (never all),
     # so neither stream can lean on the other. Several feature sets only.

@@ -89,6 +89,17 @@ def test_gated_fusion_is_a_gated_residual_from_the_other_streams():
     assert not hasattr(cat, "stream_gate") and cat.input_proj.in_features == 7
     with pytest.raises(ValueError, match="sum"):
         build_model(cfg, 8, 3, 0, streams=(4, 3))
+    # A closed gate starts (nearly) on the first stream alone, with the same other weights.
+    torch.manual_seed(0)
+    shut = build_model(load_config(None, [*PYR, 'model.fusion="gated"',
+                                          'model.gate_init="closed"']), 7, 3, 0,
+                       streams=(4, 3)).eval()
+    torch.testing.assert_close(shut.input_proj.weight, m.input_proj.weight)
+    gate = torch.sigmoid(shut.stream_gate(torch.cat([h0, h1], -1)))
+    assert gate.max() < 0.1 < torch.sigmoid(m.stream_gate(torch.cat([h0, h1], -1))).mean()
+    torch.testing.assert_close(shut.project(x), h0 + gate * h1)
+    with pytest.raises(ValueError, match="gate_init"):
+        load_config(None, ['model.gate_init="open"'])
 
 
 @pytest.mark.slow

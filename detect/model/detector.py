@@ -119,7 +119,7 @@ class Detector(FeatureInput):
         self.num_classes = num_classes
         D = cfg.hidden_dim
         self.init_inputs(in_dim, res4_dim, D, cfg.input_dropout, streams, cfg.fusion,
-                         cfg.stream_dropout)
+                         cfg.stream_dropout, cfg.gate_init)
         self.query_embed = nn.Embedding(cfg.num_queries, D)  # N(0, 1) init
         self.query_points = nn.Parameter(init_query_points(cfg.num_queries, cfg.num_points))
         total_mamba = cfg.num_layers * cfg.mamba.layers if cfg.query_mixer == "mamba_mhsa" else 0

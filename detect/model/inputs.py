@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+CLOSED_GATE_BIAS = -4.0  # sigmoid(-4) = 0.018
+
 
 class FeatureInput(nn.Module):
     """Holds the standardisation buffers and input projections; detectors subclass it.
@@ -16,13 +18,14 @@ class FeatureInput(nn.Module):
 
     def init_inputs(self, in_dim: int, res4_dim: int, dim: int, input_dropout: float,
                     streams: tuple[int, ...] = (), fusion: str = "concat",
-                    stream_dropout: float = 0.0) -> None:
+                    stream_dropout: float = 0.0, gate_init: str = "default") -> None:
         """Create the input layers (call from the subclass's __init__ before its own layers, so
         seeded runs draw their initial weights in one order).
 
         streams: channels of each feature set in the input, in order (summing to in_dim), when
         it joins several (extract/streams.py); with fusion "gated" the first is projected
-        alone and the others are added to it through a gate."""
+        alone and the others are added to it through a gate (gate_init "closed": nearly shut at
+        the start)."""
         self.in_dim, self.res4_dim = in_dim, res4_dim
         self.streams = tuple(int(c) for c in streams)
         if self.streams and sum(self.streams) != in_dim:
@@ -35,6 +38,8 @@ class FeatureInput(nn.Module):
         if self.gated:
             self.stream_proj = nn.Linear(in_dim - first, dim)
             self.stream_gate = nn.Linear(2 * dim, dim)
+            if gate_init == "closed":  # no RNG draw: seeded runs keep their other weights
+                nn.init.constant_(self.stream_gate.bias, CLOSED_GATE_BIAS)
         self.res4_proj = nn.Linear(res4_dim, dim) if res4_dim > 0 else None
         self.register_buffer("input_mean", torch.zeros(in_dim))
         self.register_buffer("input_std", torch.ones(in_dim))

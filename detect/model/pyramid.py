@@ -131,7 +131,7 @@ class PyramidDetector(FeatureInput):
         self.num_classes = num_classes
         D = cfg.hidden_dim
         self.init_inputs(in_dim, res4_dim, D, cfg.input_dropout, streams, cfg.fusion,
-                         cfg.stream_dropout)
+                         cfg.stream_dropout, cfg.gate_init)
         self.embed = nn.Sequential(*(ConvNormAct(D, p.kernel) for _ in range(p.embed_layers)))
         total = p.stem_blocks + p.levels - 1
         self.stem = nn.ModuleList(encoder_block(cfg, total) for _ in range(p.stem_blocks))
