@@ -20,6 +20,13 @@ the f1_strict spread. Target: fused >= the best single stream.
 
     python -m bench.fusion [--seeds 0,1,2] [--videos 12] [--minutes 2] [--model inception_i3d]
         [--weights kinetics] [--threads 2] [--work DIR] [--out bench/results/fusion-cpu.json]
+        [--skeleton-noise 0.05 --skeleton-drop 0.2] [--runs rgb,pose,...]
+
+The renderer's skeletons are exact (the figure is drawn from them), so pose alone is near its
+ceiling there. `--skeleton-noise S --skeleton-drop P` degrades them the way a Kinect's are before
+the pose stream is extracted: every tracked image joint jittered by N(0, S x the shoulder width)
+per frame, and each arm (elbow, wrist, hand, hand tip, thumb) untracked in runs of frames (mean
+1/3 s) covering a share P of the time; the RGB stream is unchanged.
 
 --work keeps the videos, feature sets and runs (a killed benchmark resumes there).
 """
@@ -28,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from detect.config import load_config
@@ -44,6 +53,8 @@ from detect.train.loop import train
 from extract.config import ExtractConfig
 from extract.io import read_json, read_metrics_rows
 from extract.pipeline import run_extraction, video_id_from_path
+from extract.pose.joints import KINECT_V2
+from extract.pose.kinect import IMAGE_XY, VALUES_PER_JOINT
 from extract.pose.run import KinectSource, run_pose_extraction
 from extract.provenance import versions
 
@@ -65,6 +76,38 @@ RUNS: dict[str, tuple[tuple[str, ...], list[str]]] = {  # name -> (streams, over
                                                 'model.gate_init="closed"']),
 }
 KEYS = ("f1_strict", "f1_miga", "map")
+ARMS = (("ElbowL", "WristL", "HandL", "HandTipL", "ThumbL"),
+        ("ElbowR", "WristR", "HandR", "HandTipR", "ThumbR"))
+DROP_RUN_FRAMES = 10.0  # mean frames of an arm's tracking loss (1/3 s at 30 fps)
+
+
+def degrade_skeletons(data: Path, out: Path, noise: float, drop: float, seed: int) -> Path:
+    """A copy of `data`'s SMG skeletons (and `_data.csv` files) under `out`, degraded as the
+    module doc says; returns `out`."""
+    rng = np.random.default_rng([seed, 33])
+    for csv in sorted(data.glob("*/*_skeleton.csv")):
+        dst = out / csv.parent.name / csv.name
+        if dst.is_file():
+            continue
+        rows = np.loadtxt(csv, delimiter=",", ndmin=2)
+        table = rows.reshape(len(rows), len(KINECT_V2), VALUES_PER_JOINT)
+        xy = table[:, :, IMAGE_XY]
+        sl, sr = KINECT_V2.index("ShoulderL"), KINECT_V2.index("ShoulderR")
+        width = float(np.median(np.linalg.norm(xy[:, sl] - xy[:, sr], axis=1)))
+        table[:, :, IMAGE_XY] = xy + rng.normal(0, noise * width, xy.shape)
+        # Two-state runs per arm: lost with probability `drop` on average, runs of mean length.
+        leave = 1 / DROP_RUN_FRAMES
+        enter = leave * drop / max(1 - drop, 1e-9)
+        for arm in ARMS:
+            lost, state = np.zeros(len(table), bool), rng.random() < drop
+            for t, u in enumerate(rng.random(len(table))):
+                state = (u >= leave) if state else (u < enter)
+                lost[t] = state
+            table[np.ix_(lost, [KINECT_V2.index(j) for j in arm])] = 0.0
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(csv.with_name(csv.name.replace("_skeleton", "_data")), dst.parent)
+        np.savetxt(dst, table.reshape(len(table), -1), fmt="%.5f", delimiter=",")
+    return out
 
 
 def make_sets(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Path]:
@@ -76,7 +119,13 @@ def make_sets(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Path
                          threads=args.threads)
     rgb = run_extraction([data], work / "cache", ecfg, id_fn=video_id_from_path, progress=False)
     t1 = time.perf_counter()
-    pose = run_pose_extraction(KinectSource(data), work / "cache", progress=False)
+    skeletons = data
+    if args.skeleton_noise or args.skeleton_drop:
+        skeletons = degrade_skeletons(data, work / f"skeletons{seed}{suffix(args)}",
+                                      args.skeleton_noise, args.skeleton_drop, seed)
+    # Their own cache: the pose set's key names the source (SMG files), not the files' contents.
+    pose = run_pose_extraction(KinectSource(skeletons), work / f"cache{suffix(args)}",
+                               progress=False)
     t2 = time.perf_counter()
     if rgb.failed or pose.failed:
         raise RuntimeError(f"extraction failed: {rgb.failed} {pose.failed}")
@@ -103,13 +152,27 @@ def run_one(name: str, sets: dict[str, Path], run: Path, args: argparse.Namespac
         "recall_by_duration": {b: v["recall"] for b, v in m["recall_by_duration"].items()}}
 
 
-def table(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def skeleton_note(args: argparse.Namespace) -> str:
+    if not suffix(args):
+        return " (exact)"
+    return (f", degraded: joints jittered by {args.skeleton_noise:g} x the shoulder width, each "
+            f"arm untracked {args.skeleton_drop:.0%} of the time")
+
+
+def suffix(args: argparse.Namespace) -> str:
+    """The run and skeleton folders' tag for degraded skeletons ("" for the exact ones)."""
+    if not (args.skeleton_noise or args.skeleton_drop):
+        return ""
+    return f"-noise{args.skeleton_noise:g}-drop{args.skeleton_drop:g}"
+
+
+def table(rows: list[dict[str, Any]], names: list[str]) -> tuple[str, dict[str, Any]]:
     bins = duration_labels(DURATION_BINS)
     head = ("| streams | f1_strict (min..max) | f1_miga | mAP | "
             + " | ".join(f"R {b}" for b in bins) + " | val f1_miga |")
     lines = [head, "|" + "---|" * (5 + len(bins))]
     mean: dict[str, Any] = {}
-    for name in RUNS:
+    for name in names:
         got = [r[name] for r in rows]
         m = {k: statistics.mean(g[k] for g in got) for k in (*KEYS, "val_f1_miga")}
         m["recall_by_duration"] = {b: statistics.mean(g["recall_by_duration"][b] for g in got)
@@ -134,8 +197,21 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="a config override for every run")
     ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fusion-cpu.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default bench/results/fusion[-noise..-drop..]-cpu.json")
+    ap.add_argument("--skeleton-noise", type=float, default=0.0,
+                    help="jitter of the image joints, x the shoulder width (default 0: exact)")
+    ap.add_argument("--skeleton-drop", type=float, default=0.0,
+                    help="share of the time each arm is untracked (default 0)")
+    ap.add_argument("--runs", default=",".join(RUNS), help="which of the runs, comma-separated")
     args = ap.parse_args()
+    args.runs = args.runs.split(",")
+    unknown = [r for r in args.runs if r not in RUNS]
+    if unknown or not {"rgb", "pose"} <= set(args.runs):
+        ap.error(f"--runs: unknown {unknown}; it needs rgb and pose (the single streams)")
+    if not (0 <= args.skeleton_drop < 1 and args.skeleton_noise >= 0):
+        ap.error("--skeleton-drop must be in [0, 1) and --skeleton-noise >= 0")
+    args.out = args.out or ROOT / "bench" / "results" / f"fusion{suffix(args)}-cpu.json"
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,18 +219,21 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             sets = make_sets(args, seed, work)
             row: dict[str, Any] = {"seed": seed}
-            for name in RUNS:
-                row[name] = run_one(name, sets, work / f"{name}{seed}", args)
+            for name in args.runs:
+                # RGB alone does not see the skeletons: its runs are shared
+                tag = "" if RUNS[name][0] == ("rgb",) else suffix(args)
+                row[name] = run_one(name, sets, work / f"{name}{seed}{tag}", args)
                 print(f"seed {seed} {name:>14}: f1_strict {row[name]['f1_strict']:.3f}  "
                       f"mAP {row[name]['map']:.3f}", flush=True)
             rows.append(row)
-    text, mean = table(rows)
+    text, mean = table(rows, args.runs)
     best_single = max(mean["rgb"]["f1_strict"], mean["pose"]["f1_strict"])
     verdict = ", ".join(f"{n} {mean[n]['f1_strict'] - best_single:+.3f}"
-                        for n in RUNS if n not in ("rgb", "pose"))
+                        for n in args.runs if n not in ("rgb", "pose"))
     title = (f"{args.videos} rendered SMG-layout videos of {args.minutes:g} min per seed, seeds "
              f"{args.seeds}; RGB: {args.model} ({args.weights}) crop 112; pose: the renderer's "
-             f"Kinect skeletons; configs/demo.toml; test split, thresholds and epochs chosen on "
+             f"Kinect skeletons{skeleton_note(args)}; configs/demo.toml; test split, thresholds "
+             "and epochs chosen on "
              f"val. Fused minus the best single stream (f1_strict): {verdict}")
     print(f"\n{title}\n\n{text}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
