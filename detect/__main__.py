@@ -139,6 +139,10 @@ def stream(
     --hop steps, a detection emitted once no later window can change it (about window - hop
     steps after its end).
 
+    A run on RGB + pose takes its pose steps from the SMG skeleton beside a video file
+    (<id>_skeleton.csv) or from BlazePose on the file (the pose extra), as the frames arrive; it
+    refuses a live source.
+
     Each line: class, label, start, end, score, emitted_at, source_time. Times in seconds:
     start/end in video time from the first frame; emitted_at = wall clock since the first frame
     arrived (emitted_at - end: the delay a viewer of a live source sees); source_time = video
