@@ -23,7 +23,8 @@ It is a reference, not a model: it is told the signatures, gains, blur and timel
 that a trained detector must learn from a few dozen videos, so it estimates how much of the score
 the data allows at a given amplitude (bench/accuracy.py --models oracle). It is not a strict
 bound: it ignores overlapping instances, the distractors' random part, the drift and the spread of
-the gains, and the blur's overlap of neighbouring instances.
+the gains, and corrects the blur's overlap of touching instances only as if both covered their
+boundary steps fully.
 """
 
 from __future__ import annotations
@@ -137,46 +138,50 @@ def profiles(phase: float, length: float, blur: np.ndarray
     return np.convolve(cover, blur), blur, last, len(blur) // 2
 
 
-def _shifted_sum(xp: np.ndarray, taps: np.ndarray, offset: int, n: int, room: int
-                 ) -> np.ndarray:
-    """sum_j taps[j] * x[k + offset + j] for k in 0..n-1; xp (n + 2 room, K) is x zero-padded."""
-    out = np.zeros((n, xp.shape[1]))
-    for j, w in enumerate(taps):
-        lo = room + offset + j
-        out += w * xp[lo : lo + n]
-    return out
-
-
 @dataclass
 class _Projections:
-    """x projected on the signatures: class bodies, onsets, offsets (T, C), groups (T, G)."""
+    """x projected on the signatures: class bodies, onsets, offsets (T, C), groups (T, G), and
+    ones (T, 1) (for the signal's energy inside the video); each zero-padded by `room` steps on
+    both sides, once for all the candidate shapes."""
 
     body: np.ndarray
     onset: np.ndarray
     offset: np.ndarray
     group: np.ndarray
+    inside: np.ndarray
+    room: int
+    steps: int
 
     @classmethod
-    def of(cls, x: np.ndarray, planted: Planted) -> _Projections:
-        return cls(*(x @ s.T for s in (planted.body, planted.onset, planted.offset,
-                                       planted.groups)))
+    def of(cls, x: np.ndarray, planted: Planted, max_length: float) -> _Projections:
+        """`max_length`: the longest candidate (steps) the projections must make room for."""
+        room = math.ceil(1 + max_length) + 2 * len(planted.blur) + 1
+
+        def padded(v: np.ndarray) -> np.ndarray:
+            return np.pad(v, ((room, room), (0, 0)))
+
+        parts = [x @ s.T for s in (planted.body, planted.onset, planted.offset, planted.groups)]
+        return cls(*map(padded, parts), padded(np.ones((len(x), 1))), room, len(x))
+
+    def summed(self, v: np.ndarray, taps: np.ndarray, offset: int) -> np.ndarray:
+        """sum_j taps[j] * v[k + offset + j] for every step k; v one of the padded arrays."""
+        n, out = self.steps, np.zeros((self.steps, v.shape[1]))
+        for j, w in enumerate(taps):
+            lo = self.room + offset + j
+            out += w * v[lo : lo + n]
+        return out
 
 
 def oracle_scores(x: np.ndarray, planted: Planted, phase: float, length: float) -> np.ndarray:
     """(T, C + G) log-likelihood ratios of a gesture of each class, then a distractor of each
     group, starting at step k + phase with `length` steps, for every k (-inf where it would run
     past the end); x (T, dim) features."""
-    return _scores(_Projections.of(x, planted), planted, phase, length)
+    return _scores(_Projections.of(x, planted, length), planted, phase, length)
 
 
 def _scores(xp: _Projections, planted: Planted, phase: float, length: float) -> np.ndarray:
     body_k, edge_k, last, pad = profiles(phase, length, planted.blur)
-    n = xp.body.shape[0]
-    room = len(body_k) + pad + 1
-
-    def summed(v: np.ndarray, taps: np.ndarray, offset: int) -> np.ndarray:
-        return _shifted_sum(np.pad(v, ((room, room), (0, 0))), taps, offset, n, room)
-
+    n, summed = xp.steps, xp.summed
     g, e = planted.gain, planted.edge_gain
     gesture = (g * summed(xp.body, body_k, -pad) + e * summed(xp.onset, edge_k, -pad)
                + e * summed(xp.offset, edge_k, last - pad))
@@ -185,10 +190,9 @@ def _scores(xp: _Projections, planted: Planted, phase: float, length: float) -> 
     # |m|^2 over the video's steps (a candidate at an end loses the part outside); the
     # signatures are orthonormal, so a gesture's three parts add, also when its first and last
     # step are one.
-    inside = np.ones((n, 1))
-    body_e = summed(inside, body_k**2, -pad)
-    gesture -= 0.5 * (g * g * body_e + e * e * (summed(inside, edge_k**2, -pad)
-                                                + summed(inside, edge_k**2, last - pad)))
+    body_e = summed(xp.inside, body_k**2, -pad)
+    gesture -= 0.5 * (g * g * body_e + e * e * (summed(xp.inside, edge_k**2, -pad)
+                                                + summed(xp.inside, edge_k**2, last - pad)))
     distractor -= 0.5 * 0.5 * g * g * body_e
     s = np.concatenate([gesture, distractor], axis=1) / planted.noise**2
     # No planted instance runs past the video's end.
@@ -207,7 +211,7 @@ class _Segments:
 
 
 def _segment_table(x: np.ndarray, planted: Planted, lengths: np.ndarray) -> _Segments:
-    xp = _Projections.of(x, planted)
+    xp = _Projections.of(x, planted, float(lengths.max()))
     T = x.shape[0]
     n_max = math.ceil((PHASES - 1) / PHASES + lengths.max())
     log_rate = np.log(planted.start_rate / PHASES * np.concatenate(
@@ -227,13 +231,15 @@ def _segment_table(x: np.ndarray, planted: Planted, lengths: np.ndarray) -> _Seg
 
 def _touch_cost(planted: Planted) -> np.ndarray:
     """(H, H) what two touching instances' evidence overlaps by, <m_i, m_j> / noise^2: the blur
-    spreads each one's body a quarter into the other's first / last step (the blurred unit covers
-    overlap by 2 x 0.75 x 0.25), along directions that share body_i . body_j (1 for one class,
-    1/2 for one body-part group); edges are orthogonal to everything else."""
+    spreads each one's body into the other's first / last steps (for the (1, 2, 1) / 4 blur the
+    blurred covers overlap by 2 x 0.75 x 0.25), along directions that share body_i . body_j (1
+    for one class, 1/2 for one body-part group); edges are orthogonal to everything else."""
     u = np.concatenate([planted.body, planted.groups / math.sqrt(2.0)])
-    b = planted.blur
-    overlap = 2 * float(b[0] + b[1]) * float(b[-1])  # (0.75, 0.25) . (0.25, 0.75) for (1,2,1)/4
-    return planted.gain**2 * overlap * (u @ u.T) / planted.noise**2
+    # Two covers meeting at a step boundary, each as wide as the blur, blurred.
+    w = len(planted.blur)
+    left = np.convolve(np.r_[np.ones(w), np.zeros(w)], planted.blur)
+    right = np.convolve(np.r_[np.zeros(w), np.ones(w)], planted.blur)
+    return planted.gain**2 * float(left @ right) * (u @ u.T) / planted.noise**2
 
 
 def _viterbi(score: np.ndarray, touch: np.ndarray) -> list[tuple[int, int, int]]:

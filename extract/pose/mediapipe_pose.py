@@ -23,15 +23,17 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from extract.decode import DecodeResult, DecodeSettings, FrameStream
 from extract.pose import PoseError
 from extract.pose.joints import BLAZEPOSE_33
 from extract.weights import file_sha256
+
+if TYPE_CHECKING:
+    import torch
 
 INSTALL_HINT = "pip install -e '.[pose]'"
 MODEL_FILES = ("modules/pose_detection/pose_detection.tflite",
